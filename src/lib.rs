@@ -1,0 +1,13 @@
+//! ldap-pam-proxy: an LDAP proxy in front of 389 DS that authenticates simple BINDs
+//! through PAM, choosing the PAM service per user by ordered LDAP filters.
+//!
+//! A request flows top to bottom through these modules: [`server`] accepts a client,
+//! [`session`] reads whole messages ([`frame`]) and relays them to the session's
+//! [`backend`] connection, and [`proto`] builds the answers the proxy gives itself.
+
+pub mod backend;
+pub mod config;
+pub mod frame;
+pub mod proto;
+pub mod server;
+pub mod session;

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ldap_pam_proxy::config::Config;
 use ldap_pam_proxy::server;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -91,7 +93,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let listener = server::bind(&config)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen.address))?;
-        tracing::info!(address = %config.listen.address, "listening");
+        let local = listener
+            .local_addr()
+            .context("listening socket has no address")?;
+        tracing::info!(address = %local, "listening");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         server::serve(listener, config, shutdown).await;

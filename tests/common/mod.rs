@@ -1,0 +1,377 @@
+//! Test support: the real 389 DS instance the suite runs against (created by
+//! `tests/run.sh` through `tests/ds/ds.sh`), the proxy binary started as a child
+//! process, the OpenLDAP command-line clients, and a raw LDAP client for byte-level cases.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use bytes::BytesMut;
+use ldap3_proto::proto::{LdapMsg, LdapOp, LdapResultCode};
+use ldap3_proto::LdapCodec;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The 389 DS instance of this test run, as `ds.sh create` described it in `ds.env`.
+pub struct Directory {
+    pub uri: String,
+    pub port: u16,
+    pub suffix: String,
+    pub root_dn: String,
+    pub root_pw: String,
+    pub service_dn: String,
+    pub service_pw_file: PathBuf,
+}
+
+/// The shared directory; panics with instructions when the suite was not started by
+/// `tests/run.sh`.
+pub fn directory() -> &'static Directory {
+    static DS: OnceLock<Directory> = OnceLock::new();
+    DS.get_or_init(|| {
+        let path = std::env::var("LPP_DS_ENV").unwrap_or_else(|_| {
+            panic!("LPP_DS_ENV is not set: run the suite with tests/run.sh, which creates the 389 DS instance")
+        });
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let vars: HashMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('\'').trim_matches('"').to_owned()))
+            .collect();
+        let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("{path}: no {k}"));
+        Directory {
+            uri: get("DS_URI"),
+            port: get("DS_PORT").parse().expect("DS_PORT"),
+            suffix: get("DS_SUFFIX"),
+            root_dn: get("DS_ROOT_DN"),
+            root_pw: get("DS_ROOT_PW"),
+            service_dn: get("DS_SERVICE_DN"),
+            service_pw_file: get("DS_SERVICE_PW_FILE").into(),
+        }
+    })
+}
+
+/// A running proxy process; killed when dropped.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts the proxy in front of `backend_uri` with `extra` TOML appended to a minimal
+    /// configuration.
+    pub fn start(backend_uri: &str, extra: &str) -> Proxy {
+        Proxy::start_config(&format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[backend]\nuris = [\"{backend_uri}\"]\nconnect_timeout = \"2s\"\n{extra}\n"
+        ))
+    }
+
+    /// Starts the proxy in front of the test directory.
+    pub fn in_front_of_389() -> Proxy {
+        Proxy::start(&directory().uri, "")
+    }
+
+    /// Starts the proxy with a complete configuration text.
+    pub fn start_config(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ldap-pam-proxy"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn proxy");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split("address=")
+                    .nth(1)
+                    .filter(|_| line.contains("listening"))
+                {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("proxy did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Proxy {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("ldap://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the proxy has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends a signal to the proxy.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the proxy to exit on its own and returns whether it exited successfully.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<bool> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Number of TCP sockets the proxy process holds open (listener and clients included).
+    pub fn open_sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("proc fd")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map(|t| t.to_string_lossy().starts_with("socket:"))
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a command-line client did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs an OpenLDAP client (`ldapsearch`, `ldapmodify`, …) with `-H uri` and `args`,
+/// bounded by `timeout` so a hung connection fails the test instead of the suite.
+pub fn ldap_tool(tool: &str, uri: &str, args: &[&str]) -> Outcome {
+    ldap_tool_input(tool, uri, args, None)
+}
+
+/// As [`ldap_tool`], with `input` on the client's standard input.
+pub fn ldap_tool_input(tool: &str, uri: &str, args: &[&str], input: Option<&str>) -> Outcome {
+    let mut child = Command::new("timeout")
+        .args(["30", tool, "-H", uri])
+        .args(args)
+        .env("LDAPTLS_REQCERT", "never")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (run scripts/install-deps.sh)"));
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().expect("wait");
+    let code = out.status.code().unwrap_or(-1);
+    assert_ne!(code, 124, "{tool} {args:?} timed out against {uri}");
+    Outcome {
+        code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Arguments that bind as the Directory Manager.
+pub fn as_root() -> Vec<String> {
+    let ds = directory();
+    vec![
+        "-x".into(),
+        "-D".into(),
+        ds.root_dn.clone(),
+        "-w".into(),
+        ds.root_pw.clone(),
+    ]
+}
+
+/// A unique name for entries a test creates, so tests never see each other's writes.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Polls `cond` until it holds or `limit` passes; for conditions that settle
+/// asynchronously (sockets closing), not for timing assertions.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal synchronous LDAP client over a raw socket, for cases where the bytes on
+/// the wire matter: malformed input, pipelining, abandon, notices of disconnection.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: LdapCodec,
+}
+
+impl RawClient {
+    pub fn connect(addr: impl std::net::ToSocketAddrs) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            codec: LdapCodec::new(Some(64 << 20), None),
+        }
+    }
+
+    pub fn send(&mut self, msg: LdapMsg) {
+        let mut out = BytesMut::new();
+        self.codec.encode(msg, &mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next message, or `None` when the server closed the connection.
+    pub fn recv(&mut self) -> Option<LdapMsg> {
+        loop {
+            if let Some(m) = self.codec.decode(&mut self.buf).expect("decode") {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; true when it did within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    pub fn simple_bind(&mut self, msgid: i32, dn: &str, pw: &str) -> LdapResultCode {
+        self.send(LdapMsg::new(
+            msgid,
+            LdapOp::BindRequest(ldap3_proto::proto::LdapBindRequest {
+                version: 3,
+                dn: dn.into(),
+                cred: ldap3_proto::proto::LdapBindCred::Simple(pw.into()),
+            }),
+        ));
+        match self.recv().expect("bind response").op {
+            LdapOp::BindResponse(r) => r.res.code,
+            other => panic!("expected a bind response, got {other:?}"),
+        }
+    }
+}
+
+/// The result code of a Notice of Disconnection, if `msg` is one.
+pub fn notice_code(msg: &LdapMsg) -> Option<LdapResultCode> {
+    match &msg.op {
+        LdapOp::ExtendedResponse(r)
+            if msg.msgid == 0 && r.name.as_deref() == Some("1.3.6.1.4.1.1466.20036") =>
+        {
+            Some(r.res.code.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The directory's base search request for `base` with `filter` and `attrs`.
+pub fn search(
+    msgid: i32,
+    base: &str,
+    scope: ldap3_proto::proto::LdapSearchScope,
+    filter: &str,
+    attrs: &[&str],
+) -> LdapMsg {
+    LdapMsg::new(
+        msgid,
+        LdapOp::SearchRequest(ldap3_proto::proto::LdapSearchRequest {
+            base: base.into(),
+            scope,
+            aliases: ldap3_proto::proto::LdapDerefAliases::Never,
+            sizelimit: 0,
+            timelimit: 0,
+            typesonly: false,
+            filter: ldap3_proto::parse_ldap_filter_str(filter).expect("filter"),
+            attrs: attrs.iter().map(|a| a.to_string()).collect(),
+        }),
+    )
+}
+
+pub fn path_of(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what it needs, creates a
+# real 389 DS instance on a free loopback port, runs every test against it, removes it.
+#   tests/run.sh [cargo test arguments...]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-deps.sh
+
+# A free loopback port: nothing answers a connect on it.
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
+name="lpptest$$"
+state=$(mktemp -d /tmp/lpp-test.XXXXXX)
+cleanup() {
+    tests/ds/ds.sh remove "$name" >/dev/null 2>&1 || echo "warning: could not remove 389 instance $name" >&2
+    rm -rf "$state"
+}
+trap cleanup EXIT
+
+start=$(date +%s)
+tests/ds/ds.sh create "$name" "$(free_port)" "$state"
+export LPP_DS_ENV="$state/ds.env"
+echo "389 DS instance $name ready in $(( $(date +%s) - start ))s"
+
+cargo test --all-targets "$@"
+echo "test suite finished in $(( $(date +%s) - start ))s"

@@ -175,7 +175,8 @@ cmd_start() {
     local preload=${LD_PRELOAD:-}
     [[ -z ${DS_SLAPD_LD_PRELOAD:-} ]] || preload="$DS_SLAPD_LD_PRELOAD${preload:+:$preload}"
     if ! env ${preload:+LD_PRELOAD="$preload"} "$NS_SLAPD" -D "$(inst_dir "$name")" -i "$(pidfile "$name")" >"$out" 2>&1; then
-        cat "$out" >&2; rm -f "$out"
+        grep -E ' - (ERR|CRIT|EMERG) - ' "$out" | tail -n 10 >&2 || true
+        rm -f "$out"
         show_errors_tail "$name"
         die "ns-slapd for slapd-$name failed to start"
     fi
@@ -184,7 +185,8 @@ cmd_start() {
     deadline=$((start_ms + READY_TIMEOUT * 1000))
     while ! ldap_answers "$uri"; do
         if ! running_pid "$name" >/dev/null && (( $(now_ms) > start_ms + 1000 )); then
-            grep -v 'fips_enabled' "$out" >&2 || true; rm -f "$out"
+            grep -E ' - (ERR|CRIT|EMERG) - ' "$out" | tail -n 10 >&2 || true
+            rm -f "$out"
             show_errors_tail "$name"
             die "ns-slapd for slapd-$name exited during startup"
         fi
@@ -216,10 +218,10 @@ cmd_stop() {
     deadline=$(( $(now_ms) + STOP_TIMEOUT * 1000 ))
     while [[ -n $(instance_pids "$name") ]]; do
         if (( $(now_ms) >= deadline )); then
-            pids=$(instance_pids "$name")
-            log "slapd-$name did not stop within ${STOP_TIMEOUT}s after SIGTERM: SIGKILL ${pids//$'\n'/ }"
+            local left; left=$(instance_pids "$name")
+            log "slapd-$name did not stop within ${STOP_TIMEOUT}s after SIGTERM: SIGKILL ${left//$'\n'/ }"
             # shellcheck disable=SC2086
-            kill -KILL $pids 2>/dev/null || true
+            kill -KILL $left 2>/dev/null || true
             local _
             for _ in $(seq 50); do
                 [[ -z $(instance_pids "$name") ]] && break
@@ -229,6 +231,14 @@ cmd_stop() {
             break
         fi
         sleep 0.1
+    done
+    # A killed ns-slapd leaves its lock file, and until init reaps it (can take
+    # seconds here) its zombie makes the next ns-slapd refuse to start
+    # ("already running as process N"). Its pid is ours to clean up.
+    local p
+    for p in $pids; do
+        rm -f "/run/lock/dirsrv/slapd-$name/server/$p" "/run/lock/dirsrv/slapd-$name/imports/$p" \
+            "/run/lock/dirsrv/slapd-$name/exports/$p"
     done
     rm -f "$(pidfile "$name")"
     log "slapd-$name stopped in $(elapsed "$t0")s"

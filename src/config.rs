@@ -1,9 +1,13 @@
 //! Configuration: one TOML file, deserialized strictly and validated into a [`Config`]
 //! that is valid by construction. Every error names the file, the line and the key.
 
+use crate::dn::Dn;
+use crate::secret::Password;
+use ldap3_proto::parse_ldap_filter_str;
+use ldap3_proto::proto::LdapFilter;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -25,28 +29,132 @@ pub enum ConfigError {
 }
 
 /// The validated configuration the proxy runs with.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     pub listen: ListenConfig,
     pub backend: BackendConfig,
+    pub bind: BindConfig,
+    pub pam: PamConfig,
+    /// Routes in file order: the first that matches a bind DN decides its PAM service.
+    pub routes: Vec<Route>,
     pub limits: Limits,
     pub runtime: RuntimeConfig,
 }
 
 /// Where clients connect.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ListenConfig {
     pub address: SocketAddr,
 }
 
 /// The directory servers behind the proxy, tried in order.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BackendConfig {
     pub uris: Vec<BackendUri>,
     pub connect_timeout: Duration,
-    /// DN the proxy binds as for route lookups and proxied authorization.
-    pub service_dn: Option<String>,
-    pub service_password_file: Option<PathBuf>,
+    /// The account the proxy binds as for route lookups and proxied authorization;
+    /// required when routes are configured.
+    pub service: Option<ServiceAccount>,
+    /// The directory's root DN: its binds are always forwarded.
+    pub root_dn: Dn,
+}
+
+/// The proxy's own directory account.
+#[derive(Debug)]
+pub struct ServiceAccount {
+    pub dn: String,
+    pub password: Password,
+}
+
+/// Global rules of the bind decision (DESIGN §2).
+#[derive(Debug)]
+pub struct BindConfig {
+    /// When not empty, only binds at or under one of these are considered for PAM.
+    pub include_suffixes: Vec<Dn>,
+    /// Binds at or under these are always forwarded; exclude wins over include.
+    pub exclude_suffixes: Vec<Dn>,
+    pub missing_suffix: MissingSuffix,
+    pub unmatched: Unmatched,
+    pub identity: Identity,
+    pub insecure: Insecure,
+}
+
+/// What to do with a configured suffix the backend does not hold (389's pamMissingSuffix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingSuffix {
+    Error,
+    Allow,
+    Ignore,
+}
+
+/// A bind in scope that no route matches (or whose entry does not exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// The directory's own password check decides.
+    Forward,
+    /// invalidCredentials.
+    Reject,
+}
+
+/// Whom relayed operations of a PAM-bound session run as in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Identity {
+    /// As the user, through the Proxied Authorization control on a service-bound connection.
+    ProxyAuthz,
+    /// As the service account.
+    Service,
+}
+
+/// A secure route's bind on a connection without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Insecure {
+    /// confidentialityRequired, before PAM.
+    Reject,
+    /// 389's behaviour: the directory's own password check decides.
+    Forward,
+}
+
+/// The PAM worker pool.
+#[derive(Debug, Clone)]
+pub struct PamConfig {
+    pub workers: usize,
+    pub queue: usize,
+}
+
+/// One `[[route]]`: which binds go to which PAM service, and how.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Evaluated by the backend on the bind DN's entry; `None` matches every DN in scope.
+    pub filter: Option<LdapFilter>,
+    pub pam_service: String,
+    pub id_map: Vec<IdMap>,
+    pub id_attr: String,
+    /// A failed PAM bind is handed to the directory's own password check.
+    pub fallback: bool,
+    /// PAM binds only over TLS.
+    pub secure: bool,
+    pub timeout: Duration,
+    pub include_suffixes: Vec<Dn>,
+    pub exclude_suffixes: Vec<Dn>,
+    /// Splits `password<delim>passcode` for services that ask two questions.
+    pub passcode_delimiter: Option<String>,
+}
+
+/// How the PAM identity is taken from a bind (389's pamIDMapMethod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdMap {
+    /// The value of the DN's first RDN.
+    Rdn,
+    /// The first value of `id_attr` in the entry.
+    Entry,
+    /// The whole DN.
+    Dn,
 }
 
 /// One backend address, parsed from an `ldap://host[:port]` URI.
@@ -84,9 +192,50 @@ struct RawConfig {
     listen: RawListen,
     backend: RawBackend,
     #[serde(default)]
+    bind: RawBind,
+    #[serde(default)]
+    pam: RawPam,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     runtime: RawRuntime,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBind {
+    include_suffixes: Option<Vec<Spanned<String>>>,
+    exclude_suffixes: Option<Vec<Spanned<String>>>,
+    missing_suffix: Option<MissingSuffix>,
+    unmatched: Option<Unmatched>,
+    identity: Option<Identity>,
+    insecure: Option<Insecure>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPam {
+    workers: Option<Spanned<i64>>,
+    queue: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    filter: Option<Spanned<String>>,
+    pam_service: Spanned<String>,
+    id_map: Option<Spanned<Vec<IdMap>>>,
+    id_attr: Option<Spanned<String>>,
+    #[serde(default)]
+    fallback: bool,
+    secure: Option<bool>,
+    timeout: Option<Spanned<String>>,
+    include_suffixes: Option<Vec<Spanned<String>>>,
+    exclude_suffixes: Option<Vec<Spanned<String>>>,
+    passcode_delimiter: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,8 +249,9 @@ struct RawListen {
 struct RawBackend {
     uris: Spanned<Vec<Spanned<String>>>,
     connect_timeout: Option<Spanned<String>>,
-    service_dn: Option<String>,
+    service_dn: Option<Spanned<String>>,
     service_password_file: Option<Spanned<String>>,
+    root_dn: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -173,11 +323,70 @@ impl Config {
             "backend.connect_timeout",
             Duration::from_secs(5),
         )?;
-        let service_password_file = raw
-            .backend
-            .service_password_file
-            .as_ref()
-            .map(|p| PathBuf::from(p.get_ref()));
+        let service = match (&raw.backend.service_dn, &raw.backend.service_password_file) {
+            (Some(dn), Some(file)) => {
+                at.dn(dn, "backend.service_dn")?;
+                Some(ServiceAccount {
+                    dn: dn.get_ref().clone(),
+                    password: read_secret(Path::new(file.get_ref())).map_err(|m| {
+                        at.error(file, format!("backend.service_password_file: {m}"))
+                    })?,
+                })
+            }
+            (None, None) => None,
+            (Some(dn), None) => {
+                return Err(at.error(
+                    dn,
+                    "backend.service_password_file is required with service_dn",
+                ))
+            }
+            (None, Some(f)) => {
+                return Err(at.error(
+                    f,
+                    "backend.service_dn is required with service_password_file",
+                ))
+            }
+        };
+        let root_dn = match &raw.backend.root_dn {
+            Some(d) => at.dn(d, "backend.root_dn")?,
+            None => Dn::parse("cn=Directory Manager").map_err(|_| at.whole("root DN"))?,
+        };
+
+        let bind = BindConfig {
+            include_suffixes: at.dns(
+                raw.bind.include_suffixes.as_deref(),
+                "bind.include_suffixes",
+            )?,
+            exclude_suffixes: match raw.bind.exclude_suffixes.as_deref() {
+                Some(list) => at.dns(Some(list), "bind.exclude_suffixes")?,
+                None => vec![Dn::parse("cn=config").map_err(|_| at.whole("cn=config"))?],
+            },
+            missing_suffix: raw.bind.missing_suffix.unwrap_or(MissingSuffix::Ignore),
+            unmatched: raw.bind.unmatched.unwrap_or(Unmatched::Forward),
+            identity: raw.bind.identity.unwrap_or(Identity::ProxyAuthz),
+            insecure: raw.bind.insecure.unwrap_or(Insecure::Reject),
+        };
+        let pam = PamConfig {
+            workers: at.positive(raw.pam.workers.as_ref(), "pam.workers", 64)?,
+            queue: at.positive(raw.pam.queue.as_ref(), "pam.queue", 1024)?,
+        };
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.route.len());
+        for spanned in &raw.route {
+            let route = at.route(spanned)?;
+            if routes.iter().any(|r| r.name == route.name) {
+                return Err(at.error(
+                    &spanned.get_ref().name,
+                    format!("route '{}': duplicate name", route.name),
+                ));
+            }
+            routes.push(route);
+        }
+        if let (Some(first), None) = (raw.route.first(), &service) {
+            return Err(at.error(
+                first,
+                "routes need backend.service_dn and backend.service_password_file: the proxy reads bind DNs' entries as that account",
+            ));
+        }
 
         let max_message_size = at.positive(
             raw.limits.max_message_size.as_ref(),
@@ -210,9 +419,12 @@ impl Config {
             backend: BackendConfig {
                 uris,
                 connect_timeout,
-                service_dn: raw.backend.service_dn,
-                service_password_file,
+                service,
+                root_dn,
             },
+            bind,
+            pam,
+            routes,
             limits: Limits {
                 max_message_size,
                 max_connections,
@@ -294,6 +506,108 @@ impl Locator<'_> {
         }
     }
 
+    /// An error about the file as a whole (line 1).
+    fn whole(&self, what: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_owned(),
+            line: 1,
+            message: format!("internal default {what} does not parse"),
+        }
+    }
+
+    fn dn(&self, value: &Spanned<String>, key: &str) -> Result<Dn, ConfigError> {
+        Dn::parse(value.get_ref())
+            .map_err(|e| self.error(value, format!("{key}: '{}': {e}", value.get_ref())))
+    }
+
+    fn dns(&self, list: Option<&[Spanned<String>]>, key: &str) -> Result<Vec<Dn>, ConfigError> {
+        list.unwrap_or_default()
+            .iter()
+            .map(|d| self.dn(d, key))
+            .collect()
+    }
+
+    fn route(&self, spanned: &Spanned<RawRoute>) -> Result<Route, ConfigError> {
+        let raw = spanned.get_ref();
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(self.error(&raw.name, "route.name must not be empty"));
+        }
+        let key = |k: &str| format!("route '{name}': {k}");
+        let filter = match &raw.filter {
+            None => None,
+            Some(f) => Some(parse_ldap_filter_str(f.get_ref()).map_err(|e| {
+                self.error(
+                    f,
+                    format!(
+                        "{}: '{}' is not an LDAP filter (RFC 4515): {e}",
+                        key("filter"),
+                        f.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let service = raw.pam_service.get_ref().trim().to_owned();
+        if service.is_empty()
+            || !service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(self.error(
+                &raw.pam_service,
+                format!(
+                    "{}: '{service}' is not a PAM service name",
+                    key("pam_service")
+                ),
+            ));
+        }
+        let id_map = match &raw.id_map {
+            Some(m) if m.get_ref().is_empty() => {
+                return Err(self.error(
+                    m,
+                    format!("{}: list at least one of rdn, entry, dn", key("id_map")),
+                ))
+            }
+            Some(m) => m.get_ref().clone(),
+            None => vec![IdMap::Rdn],
+        };
+        let id_attr = match &raw.id_attr {
+            Some(a) if a.get_ref().trim().is_empty() => {
+                return Err(self.error(a, format!("{}: must not be empty", key("id_attr"))))
+            }
+            Some(a) => a.get_ref().trim().to_owned(),
+            None => "uid".to_owned(),
+        };
+        let passcode_delimiter = match &raw.passcode_delimiter {
+            Some(d) if d.get_ref().is_empty() => {
+                return Err(self.error(
+                    d,
+                    format!("{}: must not be empty", key("passcode_delimiter")),
+                ))
+            }
+            other => other.as_ref().map(|d| d.get_ref().clone()),
+        };
+        Ok(Route {
+            filter,
+            pam_service: service,
+            id_map,
+            id_attr,
+            fallback: raw.fallback,
+            secure: raw.secure.unwrap_or(true),
+            timeout: self.duration(
+                raw.timeout.as_ref(),
+                &key("timeout"),
+                Duration::from_secs(120),
+            )?,
+            include_suffixes: self
+                .dns(raw.include_suffixes.as_deref(), &key("include_suffixes"))?,
+            exclude_suffixes: self
+                .dns(raw.exclude_suffixes.as_deref(), &key("exclude_suffixes"))?,
+            passcode_delimiter,
+            name,
+        })
+    }
+
     fn duration(
         &self,
         value: Option<&Spanned<String>>,
@@ -318,6 +632,18 @@ impl Locator<'_> {
                 .ok_or_else(|| self.error(v, format!("{key}: must be a positive integer")))
         })
     }
+}
+
+/// Reads a secret from a file: the whole content less one trailing newline.
+fn read_secret(path: &Path) -> Result<Password, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Password::from_vec(bytes))
 }
 
 /// Parses durations written as `500ms`, `30s`, `2m` or `1h`.

@@ -7,7 +7,12 @@
 
 pub mod backend;
 pub mod config;
+pub mod dn;
 pub mod frame;
+pub mod lookup;
+pub mod message;
+pub mod pam_pool;
 pub mod proto;
+pub mod secret;
 pub mod server;
 pub mod session;

@@ -6,6 +6,7 @@
 //! [`backend`] connection, and [`proto`] builds the answers the proxy gives itself.
 
 pub mod backend;
+pub mod bind;
 pub mod config;
 pub mod dn;
 pub mod frame;

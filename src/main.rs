@@ -76,7 +76,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Arc::new(Config::load(path)?);
+    let config = Config::load(path)?;
     let runtime = if config.runtime.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -99,7 +99,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!(address = %local, "listening");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        server::serve(listener, config, shutdown).await;
+        let shared =
+            Arc::new(server::Shared::new(config).context("cannot start the PAM worker pool")?);
+        server::serve(listener, shared, shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })

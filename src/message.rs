@@ -167,6 +167,54 @@ pub fn simple_bind_request(msgid: i32, dn: &str, password: &[u8]) -> zeroize::Ze
     out
 }
 
+/// How a BindRequest authenticates.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BindAuth<'a> {
+    Simple(&'a [u8]),
+    /// SASL or an authentication choice LDAP does not define.
+    Other,
+}
+
+/// The parts of a BindRequest the bind decision needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BindShape<'a> {
+    pub version: u8,
+    pub dn: &'a [u8],
+    pub auth: BindAuth<'a>,
+}
+
+/// Reads a BindRequest at byte level: passwords are octet strings and need not be UTF-8,
+/// so no decoder that insists on text may stand between a bind and its decision.
+pub fn bind_request(msg: &[u8]) -> Result<BindShape<'_>, FrameError> {
+    let op = parts(msg)?.op;
+    let version = tlv(op.content)?;
+    let name = tlv(&op.content[version.len..])?;
+    let auth = tlv(&op.content[version.len + name.len..])?;
+    if op.tag != 0x60 || version.tag != 0x02 || version.content.len() != 1 || name.tag != 0x04 {
+        return Err(MALFORMED);
+    }
+    Ok(BindShape {
+        version: version.content[0],
+        dn: name.content,
+        auth: match auth.tag {
+            0x80 => BindAuth::Simple(auth.content),
+            _ => BindAuth::Other,
+        },
+    })
+}
+
+/// The messageID an AbandonRequest names.
+pub fn abandon_target(msg: &[u8]) -> Result<i32, FrameError> {
+    let op = parts(msg)?.op;
+    if op.tag != 0x50 || op.content.is_empty() || op.content.len() > 4 {
+        return Err(MALFORMED);
+    }
+    Ok(op
+        .content
+        .iter()
+        .fold(0i32, |acc, b| (acc << 8) | i32::from(*b)))
+}
+
 /// A search request's base DN (as bytes) and scope (0 base, 1 one level, 2 subtree).
 pub fn search_base(msg: &[u8]) -> Result<(&[u8], u8), FrameError> {
     let op = parts(msg)?.op;
@@ -270,6 +318,34 @@ mod tests {
             assert_eq!(r.dn, "cn=svc,dc=x");
             assert_eq!(r.cred, LdapBindCred::Simple("s3cret".into()));
         }
+    }
+
+    #[test]
+    fn bind_and_abandon_are_read() {
+        let b = simple_bind_request(4, "uid=a,dc=x", &[0xff, 0x00, 0x41]);
+        let shape = bind_request(&b).unwrap();
+        assert_eq!(
+            shape,
+            BindShape {
+                version: 3,
+                dn: b"uid=a,dc=x",
+                auth: BindAuth::Simple(&[0xff, 0x00, 0x41])
+            }
+        );
+        let sasl = encode(LdapMsg::new(
+            1,
+            LdapOp::BindRequest(LdapBindRequest {
+                version: 3,
+                dn: String::new(),
+                cred: LdapBindCred::SASL(SaslCredentials {
+                    mechanism: "EXTERNAL".into(),
+                    credentials: vec![],
+                }),
+            }),
+        ));
+        assert_eq!(bind_request(&sasl).unwrap().auth, BindAuth::Other);
+        let ab = encode(LdapMsg::new(5, LdapOp::AbandonRequest(300)));
+        assert_eq!(abandon_target(&ab).unwrap(), 300);
     }
 
     #[test]

@@ -3,12 +3,13 @@
 
 use crate::frame::op;
 use bytes::{Bytes, BytesMut};
+use ldap3_proto::control::LdapControl;
 use ldap3_proto::proto::{LdapExtendedResponse, LdapMsg, LdapOp, LdapResult, LdapResultCode};
 use ldap3_proto::{DisconnectionNotice, LdapCodec};
 use tokio_util::codec::Encoder;
 
 /// An error that becomes an LDAP result: it carries its result code and diagnostic.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct LdapError {
     pub code: LdapResultCode,
@@ -16,6 +17,11 @@ pub struct LdapError {
 }
 
 impl LdapError {
+    /// Success, with an empty diagnostic.
+    pub fn success() -> Self {
+        LdapError::new(LdapResultCode::Success, "")
+    }
+
     pub fn new(code: LdapResultCode, message: impl Into<String>) -> Self {
         LdapError {
             code,
@@ -37,12 +43,7 @@ pub fn encode(msg: LdapMsg) -> Bytes {
 /// The result message answering a request with protocolOp tag `request`, or `None` for
 /// requests that take no response (Unbind, Abandon) or tags that are not requests.
 pub fn result_for(msgid: i32, request: u8, err: &LdapError) -> Option<Bytes> {
-    let res = LdapResult {
-        code: err.code.clone(),
-        matcheddn: String::new(),
-        message: err.message.clone(),
-        referral: Vec::new(),
-    };
+    let res = result(err);
     let op = match op::response_to(request)? {
         op::BIND_RESPONSE => LdapOp::BindResponse(ldap3_proto::proto::LdapBindResponse {
             res,
@@ -61,6 +62,48 @@ pub fn result_for(msgid: i32, request: u8, err: &LdapError) -> Option<Bytes> {
         }),
     };
     Some(encode(LdapMsg::new(msgid, op)))
+}
+
+/// A BindResponse with `code`, `message` and response controls.
+pub fn bind_response(msgid: i32, err: &LdapError, controls: Vec<LdapControl>) -> Bytes {
+    encode(LdapMsg::new_with_ctrls(
+        msgid,
+        LdapOp::BindResponse(ldap3_proto::proto::LdapBindResponse {
+            res: result(err),
+            saslcreds: None,
+        }),
+        controls,
+    ))
+}
+
+/// An ExtendedResponse without a responseName (as for WhoAmI and Password Modify).
+pub fn extended_response(msgid: i32, err: &LdapError, value: Option<Vec<u8>>) -> Bytes {
+    encode(LdapMsg::new(
+        msgid,
+        LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: result(err),
+            name: None,
+            value,
+        }),
+    ))
+}
+
+/// A response control the crate does not model, with its value bytes.
+pub fn response_control(oid: &str, value: &[u8]) -> LdapControl {
+    LdapControl::Unknown {
+        oid: oid.to_owned(),
+        criticality: false,
+        value: Some(value.to_vec()),
+    }
+}
+
+fn result(err: &LdapError) -> LdapResult {
+    LdapResult {
+        code: err.code.clone(),
+        matcheddn: String::new(),
+        message: err.message.clone(),
+        referral: Vec::new(),
+    }
 }
 
 /// A Notice of Disconnection (RFC 4511 §4.4.1): the last thing sent before the proxy

@@ -1,6 +1,8 @@
 //! The listener: accepts clients, starts a session for each, and shuts down gracefully.
 
 use crate::config::Config;
+use crate::lookup::LookupPool;
+use crate::pam_pool::PamPool;
 use crate::proto::{self, LdapError};
 use crate::session::Session;
 use ldap3_proto::proto::LdapResultCode;
@@ -11,6 +13,26 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What every session shares: the configuration, the route lookup connections and the
+/// PAM worker pool.
+pub struct Shared {
+    pub config: Config,
+    pub lookup: LookupPool,
+    pub pam: PamPool,
+}
+
+impl Shared {
+    /// Starts the PAM workers for `config`.
+    pub fn new(config: Config) -> std::io::Result<Shared> {
+        let pam = PamPool::new(config.pam.workers, config.pam.queue)?;
+        Ok(Shared {
+            config,
+            lookup: LookupPool::default(),
+            pam,
+        })
+    }
+}
+
 /// Binds the listening socket; separate from [`serve`] so startup errors surface before
 /// the process reports itself ready.
 pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
@@ -19,7 +41,8 @@ pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
 
 /// Accepts clients until `shutdown` is cancelled, then lets sessions finish their
 /// outstanding operations for up to the configured grace period.
-pub async fn serve(listener: TcpListener, config: Arc<Config>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let config = &shared.config;
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let sessions = TaskTracker::new();
     loop {
@@ -43,7 +66,7 @@ pub async fn serve(listener: TcpListener, config: Arc<Config>, shutdown: Cancell
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
         }
-        let session = Session::new(stream, peer, Arc::clone(&config), shutdown.clone());
+        let session = Session::new(stream, peer, Arc::clone(&shared), shutdown.clone());
         sessions.spawn(async move {
             session.run().await;
             drop(slot);

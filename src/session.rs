@@ -7,12 +7,17 @@
 //! connection down (backpressure) instead of making the proxy buffer without bound.
 
 use crate::backend::{self, Unreachable};
-use crate::config::Config;
+use crate::bind::{self, Outcome, SimpleBind, Trail, Triage};
+use crate::config::Identity;
+use crate::dn::Dn;
 use crate::frame::{self, op, Envelope, FrameError};
+use crate::message::{self, BindAuth};
 use crate::proto::{self, LdapError};
+use crate::secret::Password;
+use crate::server::Shared;
 use bytes::{Buf, Bytes, BytesMut};
 use ldap3_proto::proto::LdapResultCode;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -32,7 +37,45 @@ const HIGH_WATER: usize = 256 * 1024;
 /// How much room a read is given.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Requests held behind a pending bind beyond this many get operationsError.
+const MAX_HELD: usize = 64;
+
+const OID_WHOAMI: &[u8] = b"1.3.6.1.4.1.4203.1.11.3";
+const OID_PASSWD_MODIFY: &[u8] = b"1.3.6.1.4.1.4203.1.11.1";
+const OID_PROXY_AUTHZ_V1: &[u8] = b"2.16.840.1.113730.3.4.12";
+const OID_PROXY_AUTHZ_V2: &str = "2.16.840.1.113730.3.4.18";
+
 type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, Unreachable>> + Send>>;
+type Deciding = Pin<Box<dyn Future<Output = (Outcome, Trail)> + Send>>;
+
+/// Who the session is, as far as the directory is concerned.
+enum Auth {
+    /// Anonymous, or bound by a bind the directory itself checked on the session's own
+    /// backend connection.
+    Directory,
+    /// Authenticated by PAM; the backend connection is bound as the service account.
+    Pam {
+        dn: String,
+        service: String,
+        /// The Proxied Authorization control every relayed request carries, or `None`
+        /// when requests run as the service account (`identity = "service"`).
+        control: Option<Vec<u8>>,
+    },
+}
+
+/// A bind the proxy is deciding itself.
+struct PendingBind {
+    msgid: i32,
+    /// The original request, relayed unchanged if the decision is to forward it.
+    request: Bytes,
+    dn: String,
+    wants_authz_id: bool,
+    wants_ppolicy: bool,
+    started: Instant,
+    /// The client abandoned it: the decision runs on, its answer is dropped.
+    abandoned: bool,
+    deciding: Deciding,
+}
 
 /// The session's connection to its backend.
 enum Link {
@@ -44,6 +87,8 @@ enum Link {
 
 struct Backend {
     stream: TcpStream,
+    /// Bound as the proxy's service account: only a PAM-bound session may use it.
+    as_service: bool,
     /// Bytes read from the backend and not yet passed to the client.
     inbuf: BytesMut,
     /// The response being streamed to the client and how many of its bytes are still to come.
@@ -65,6 +110,7 @@ enum Event {
     BackendReadable,
     BackendGone(Option<io::Error>),
     Connected(Result<TcpStream, Unreachable>),
+    BindDecided(Outcome, Trail),
     ShutdownRequested,
     IdleCheck,
     /// Everything queued for the client is written and the session is ending.
@@ -74,8 +120,14 @@ enum Event {
 /// State of one client connection.
 pub struct Session {
     peer: SocketAddr,
-    config: Arc<Config>,
+    shared: Arc<Shared>,
     client: TcpStream,
+    /// The client connection is protected by TLS.
+    tls: bool,
+    auth: Auth,
+    pending: Option<PendingBind>,
+    /// Requests received while a bind is pending, in order.
+    held: VecDeque<(Envelope, Bytes)>,
     from_client: BytesMut,
     to_client: BytesMut,
     /// Proxy-made messages waiting for the backend stream to reach a message boundary.
@@ -97,17 +149,22 @@ impl Session {
     pub fn new(
         client: TcpStream,
         peer: SocketAddr,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
         shutdown: CancellationToken,
     ) -> Self {
-        let idle = config
+        let idle = shared
+            .config
             .limits
             .idle_timeout
             .map(|d| (d, Box::pin(tokio::time::sleep(d))));
         Session {
             peer,
-            config,
+            shared,
             client,
+            tls: false,
+            auth: Auth::Directory,
+            pending: None,
+            held: VecDeque::new(),
             from_client: BytesMut::with_capacity(READ_CHUNK),
             to_client: BytesMut::new(),
             local_pending: BytesMut::new(),
@@ -137,6 +194,7 @@ impl Session {
                 Event::BackendReadable => self.take_responses(),
                 Event::BackendGone(err) => self.backend_lost(err),
                 Event::Connected(result) => self.connected(result),
+                Event::BindDecided(outcome, trail) => self.bind_decided(outcome, trail),
                 Event::ShutdownRequested => {
                     self.draining = true;
                     self.end_if_drained();
@@ -190,6 +248,12 @@ impl Session {
             }
         }
 
+        if let Some(p) = &mut self.pending {
+            if let Poll::Ready((outcome, trail)) = p.deciding.as_mut().poll(cx) {
+                return Poll::Ready(Event::BindDecided(outcome, trail));
+            }
+        }
+
         if !self.draining {
             if self.to_backend.len() < HIGH_WATER {
                 self.from_client.reserve(READ_CHUNK);
@@ -215,7 +279,7 @@ impl Session {
     /// Handles every complete request the client has sent.
     fn take_requests(&mut self) {
         self.last_activity = Instant::now();
-        let limit = self.config.limits.max_message_size;
+        let limit = self.shared.config.limits.max_message_size;
         while self.ending.is_none() {
             let env = match frame::peek(&self.from_client, limit) {
                 Ok(Some(env)) if self.from_client.len() >= env.len => env,
@@ -228,6 +292,26 @@ impl Session {
     }
 
     fn on_request(&mut self, env: Envelope, msg: Bytes) {
+        if self.pending.is_none() && self.held.is_empty() {
+            return self.dispatch(env, msg);
+        }
+        // A bind is pending: later requests wait for its outcome (RFC 4511 §4.2.1),
+        // except those that concern the wait itself.
+        match env.op {
+            op::UNBIND_REQUEST => self.ending = Some(Ending::Quiet),
+            op::ABANDON_REQUEST => self.abandon_while_pending(env, msg),
+            _ if self.held.len() >= MAX_HELD => self.reply(
+                env,
+                &LdapError::new(
+                    LdapResultCode::OperationsError,
+                    "too many operations sent while a bind is in progress",
+                ),
+            ),
+            _ => self.held.push_back((env, msg)),
+        }
+    }
+
+    fn dispatch(&mut self, env: Envelope, msg: Bytes) {
         match env.op {
             op::UNBIND_REQUEST => {
                 // Pass the Unbind on so the directory logs an orderly close.
@@ -238,7 +322,281 @@ impl Session {
             }
             // Nothing to abandon on a backend connection that was never opened.
             op::ABANDON_REQUEST if matches!(self.link, Link::Idle) => {}
+            op::BIND_REQUEST => self.bind(env, msg),
+            _ => match &self.auth {
+                Auth::Directory => self.relay(env, &msg),
+                Auth::Pam { .. } => self.relay_for_pam_user(env, msg),
+            },
+        }
+    }
+
+    /// Runs requests held behind a bind that has now been decided, until one of them is
+    /// itself a bind the proxy must decide.
+    fn release_held(&mut self) {
+        while self.pending.is_none() && self.ending.is_none() {
+            let Some((env, msg)) = self.held.pop_front() else {
+                return;
+            };
+            self.dispatch(env, msg);
+        }
+    }
+
+    fn abandon_while_pending(&mut self, env: Envelope, msg: Bytes) {
+        let Ok(target) = message::abandon_target(&msg) else {
+            return;
+        };
+        if let Some(p) = self.pending.as_mut().filter(|p| p.msgid == target) {
+            p.abandoned = true;
+        } else if let Some(i) = self.held.iter().position(|(e, _)| e.msgid == target) {
+            self.held.remove(i);
+        } else if !matches!(self.link, Link::Idle) {
+            self.relay(env, &msg);
+        }
+    }
+
+    /// Every bind starts by returning the session to anonymous (RFC 4511 §4.2.1); then
+    /// either the directory decides it (relayed unchanged) or the proxy does.
+    fn bind(&mut self, env: Envelope, msg: Bytes) {
+        self.auth = Auth::Directory;
+        if matches!(&self.link, Link::Up(b) if b.as_service) {
+            // Never let an unauthenticated or directory-bound session run as the
+            // service account: drop that connection (its unfinished operations are
+            // abandoned, as a bind permits).
+            self.link = Link::Idle;
+            self.outstanding.clear();
+            self.to_backend.clear();
+        }
+        let Some(bind) = self.simple_bind(&msg) else {
+            return self.relay(env, &msg);
+        };
+        let shared = &self.shared;
+        let candidates = match bind::triage(&shared.config, &bind.dn) {
+            Triage::NotOurs(why) => {
+                tracing::debug!(peer = %self.peer, dn = %bind.dn_text, "bind forwarded: {why}");
+                return self.relay(env, &msg);
+            }
+            Triage::Unmatched => match bind::unmatched(&shared.config, "no route in scope") {
+                bind::Plan::Reject(err) => {
+                    log_bind(
+                        self.peer,
+                        &bind.dn_text,
+                        &Trail::default(),
+                        &err.code,
+                        Instant::now(),
+                        false,
+                    );
+                    return self.reply(env, &err);
+                }
+                _ => return self.relay(env, &msg),
+            },
+            Triage::Candidates(c) => c,
+        };
+        let shared = Arc::clone(shared);
+        let (client, tls) = (self.peer.ip(), self.tls);
+        let (dn, wants_authz_id, wants_ppolicy) = (
+            bind.dn_text.clone(),
+            bind.wants_authz_id,
+            bind.wants_ppolicy,
+        );
+        self.pending = Some(PendingBind {
+            msgid: env.msgid,
+            request: msg,
+            dn,
+            wants_authz_id,
+            wants_ppolicy,
+            started: Instant::now(),
+            abandoned: false,
+            deciding: Box::pin(async move {
+                bind::authenticate(
+                    &shared.config,
+                    &shared.lookup,
+                    &shared.pam,
+                    bind,
+                    candidates,
+                    client,
+                    tls,
+                )
+                .await
+            }),
+        });
+    }
+
+    /// The bind as the proxy may decide it: a simple bind (LDAPv3) with a DN and a
+    /// password. Anything else (anonymous, unauthenticated, SASL) is the directory's.
+    fn simple_bind(&self, msg: &[u8]) -> Option<SimpleBind> {
+        let shape = message::bind_request(msg).ok()?;
+        let BindAuth::Simple(password) = shape.auth else {
+            return None;
+        };
+        if shape.version != 3 || shape.dn.is_empty() || password.is_empty() {
+            return None;
+        }
+        let dn_text = std::str::from_utf8(shape.dn).ok()?.to_owned();
+        let dn = Dn::parse(&dn_text).ok()?;
+        let oids = message::control_oids(msg).ok()?;
+        Some(SimpleBind {
+            dn_text,
+            dn,
+            password: Password::from_vec(password.to_vec()),
+            wants_authz_id: oids
+                .iter()
+                .any(|o| *o == bind::OID_AUTHZID_REQUEST.as_bytes()),
+            wants_ppolicy: oids.iter().any(|o| *o == bind::OID_PPOLICY.as_bytes()),
+        })
+    }
+
+    fn bind_decided(&mut self, outcome: Outcome, trail: Trail) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let env = Envelope {
+            msgid: p.msgid,
+            op: op::BIND_REQUEST,
+            len: p.request.len(),
+        };
+        match outcome {
+            Outcome::Forward(why) => {
+                tracing::debug!(peer = %self.peer, dn = %p.dn, route = ?trail.route, "bind forwarded: {why}");
+                if !p.abandoned {
+                    self.relay(env, &p.request);
+                }
+            }
+            Outcome::Fail {
+                err,
+                pw_expired,
+                account_locked,
+            } => {
+                log_bind(self.peer, &p.dn, &trail, &err.code, p.started, p.abandoned);
+                let mut controls = Vec::new();
+                if pw_expired {
+                    controls.push(proto::response_control(bind::OID_PW_EXPIRED, b"0"));
+                }
+                if account_locked && p.wants_ppolicy {
+                    // PasswordPolicyResponseValue { error [1] accountLocked(1) }
+                    controls.push(proto::response_control(
+                        bind::OID_PPOLICY,
+                        &[0x30, 0x03, 0x81, 0x01, 0x01],
+                    ));
+                }
+                if !p.abandoned {
+                    self.send_local(&proto::bind_response(p.msgid, &err, controls));
+                }
+            }
+            Outcome::Bound { link } => {
+                log_bind(
+                    self.peer,
+                    &p.dn,
+                    &trail,
+                    &LdapResultCode::Success,
+                    p.started,
+                    p.abandoned,
+                );
+                if p.abandoned {
+                    // Nobody is waiting for this session to become the user.
+                    return self.release_held();
+                }
+                let identity = self.shared.config.bind.identity;
+                let authz = format!("dn:{}", p.dn);
+                self.link = Link::Up(Backend {
+                    stream: link,
+                    as_service: true,
+                    inbuf: BytesMut::with_capacity(READ_CHUNK),
+                    streaming: None,
+                });
+                self.outstanding.clear();
+                self.to_backend.clear();
+                self.auth = Auth::Pam {
+                    dn: p.dn.clone(),
+                    service: trail.service.clone().unwrap_or_default(),
+                    control: (identity == Identity::ProxyAuthz).then(|| {
+                        message::control(OID_PROXY_AUTHZ_V2, true, Some(authz.as_bytes()))
+                    }),
+                };
+                let controls = if p.wants_authz_id {
+                    vec![proto::response_control(
+                        bind::OID_AUTHZID_RESPONSE,
+                        authz.as_bytes(),
+                    )]
+                } else {
+                    Vec::new()
+                };
+                self.send_local(&proto::bind_response(
+                    p.msgid,
+                    &LdapError::success(),
+                    controls,
+                ));
+            }
+        }
+        self.release_held();
+    }
+
+    /// Relays a PAM-bound user's request so the directory applies the user's rights,
+    /// answering itself what the directory would answer for the service account instead
+    /// (DESIGN §2 step 10).
+    fn relay_for_pam_user(&mut self, env: Envelope, msg: Bytes) {
+        let Auth::Pam {
+            dn,
+            service,
+            control,
+        } = &self.auth
+        else {
+            return self.relay(env, &msg);
+        };
+        let Ok(oids) = message::control_oids(&msg) else {
+            return self.protocol_error(&FrameError::Malformed("bad controls"));
+        };
+        if oids
+            .iter()
+            .any(|o| *o == OID_PROXY_AUTHZ_V1 || *o == OID_PROXY_AUTHZ_V2.as_bytes())
+        {
+            return self.reply(
+                env,
+                &LdapError::new(
+                    LdapResultCode::InsufficentAccessRights,
+                    "proxied authorization is not available to this connection",
+                ),
+            );
+        }
+        let control = control.clone();
+        let plain = match env.op {
+            op::EXTENDED_REQUEST => match message::extended_oid(&msg) {
+                Ok(OID_WHOAMI) => {
+                    let authzid = format!("dn:{dn}").into_bytes();
+                    let reply =
+                        proto::extended_response(env.msgid, &LdapError::success(), Some(authzid));
+                    return self.send_local(&reply);
+                }
+                Ok(OID_PASSWD_MODIFY) => {
+                    let err = LdapError::new(
+                        LdapResultCode::UnwillingToPerform,
+                        format!("password is managed by PAM service {service}"),
+                    );
+                    return self.reply(env, &err);
+                }
+                _ => false,
+            },
+            // The root DSE and the schema are public, and 389 shows nothing of them under
+            // proxied authorization.
+            op::SEARCH_REQUEST => match message::search_base(&msg) {
+                Ok((base, scope)) => is_public_base(base, scope),
+                Err(e) => return self.protocol_error(&e),
+            },
+            op::ABANDON_REQUEST => true,
+            _ => false,
+        };
+        match control {
+            Some(control) if !plain => match message::with_control(&msg, &control) {
+                Ok(rewritten) => self.relay(env, &rewritten),
+                Err(e) => self.protocol_error(&e),
+            },
             _ => self.relay(env, &msg),
+        }
+    }
+
+    /// Answers a request with `err` in the response type that request takes.
+    fn reply(&mut self, env: Envelope, err: &LdapError) {
+        if let Some(reply) = proto::result_for(env.msgid, env.op, err) {
+            self.send_local(&reply);
         }
     }
 
@@ -248,11 +606,10 @@ impl Session {
         }
         self.to_backend.extend_from_slice(msg);
         if let Link::Idle = self.link {
-            let config = Arc::clone(&self.config);
-            self.link =
-                Link::Connecting(Box::pin(
-                    async move { backend::connect(&config.backend).await },
-                ));
+            let shared = Arc::clone(&self.shared);
+            self.link = Link::Connecting(Box::pin(async move {
+                backend::connect(&shared.config.backend).await
+            }));
         }
     }
 
@@ -261,6 +618,7 @@ impl Session {
             Ok(stream) => {
                 self.link = Link::Up(Backend {
                     stream,
+                    as_service: false,
                     inbuf: BytesMut::with_capacity(READ_CHUNK),
                     streaming: None,
                 });
@@ -391,6 +749,39 @@ impl Session {
         tracing::info!(peer = %self.peer, "closing idle client connection");
         self.ending = Some(Ending::Quiet);
     }
+}
+
+/// The root DSE (base scope) and the subschema entry.
+fn is_public_base(base: &[u8], scope: u8) -> bool {
+    if base.is_empty() {
+        return scope == 0;
+    }
+    std::str::from_utf8(base)
+        .ok()
+        .and_then(|b| Dn::parse(b).ok())
+        .is_some_and(|d| d.to_string() == "cn=schema")
+}
+
+/// One line per bind the proxy decided: never the password.
+fn log_bind(
+    peer: SocketAddr,
+    dn: &str,
+    trail: &Trail,
+    code: &LdapResultCode,
+    started: Instant,
+    abandoned: bool,
+) {
+    tracing::info!(
+        client = %peer,
+        dn,
+        route = trail.route.as_deref().unwrap_or("-"),
+        service = trail.service.as_deref().unwrap_or("-"),
+        result = ?code,
+        ms = started.elapsed().as_millis() as u64,
+        abandoned,
+        detail = trail.detail.as_deref().unwrap_or(""),
+        "bind"
+    );
 }
 
 /// Writes as much of `buf` as the stream takes now; `Ready(Err)` on a failed or closed

@@ -7,7 +7,7 @@ use ldap3_proto::parse_ldap_filter_str;
 use ldap3_proto::proto::LdapFilter;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -32,6 +32,7 @@ pub enum ConfigError {
 #[derive(Debug)]
 pub struct Config {
     pub listen: ListenConfig,
+    pub tls: Option<TlsConfig>,
     pub backend: BackendConfig,
     pub bind: BindConfig,
     pub pam: PamConfig,
@@ -44,7 +45,34 @@ pub struct Config {
 /// Where clients connect.
 #[derive(Debug)]
 pub struct ListenConfig {
+    /// The plain LDAP listener (StartTLS available when `[tls]` is configured).
     pub address: SocketAddr,
+    /// The LDAPS listener; requires `[tls]`.
+    pub ldaps_address: Option<SocketAddr>,
+    /// Refuse every operation but StartTLS on a connection without TLS.
+    pub require_tls: bool,
+}
+
+/// The proxy's server certificate, for LDAPS and StartTLS. Files are read when the
+/// listener starts and again on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain, server certificate first.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+    pub min_version: TlsVersion,
+}
+
+/// Lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// The directory servers behind the proxy, tried in order.
@@ -52,6 +80,10 @@ pub struct ListenConfig {
 pub struct BackendConfig {
     pub uris: Vec<BackendUri>,
     pub connect_timeout: Duration,
+    /// Upgrade `ldap://` backend connections with StartTLS.
+    pub starttls: bool,
+    /// PEM CA certificates that backend certificates must chain to (ldaps:// or StartTLS).
+    pub ca: Option<PathBuf>,
     /// The account the proxy binds as for route lookups and proxied authorization;
     /// required when routes are configured.
     pub service: Option<ServiceAccount>,
@@ -123,6 +155,10 @@ pub enum Insecure {
 pub struct PamConfig {
     pub workers: usize,
     pub queue: usize,
+    /// Per PAM identity: transactions started in any 60 s window (push-fatigue guard).
+    pub max_attempts_per_minute: usize,
+    /// How long a finished transaction stays joinable by an identical retry.
+    pub coalesce_grace: Duration,
 }
 
 /// One `[[route]]`: which binds go to which PAM service, and how.
@@ -143,6 +179,10 @@ pub struct Route {
     pub exclude_suffixes: Vec<Dn>,
     /// Splits `password<delim>passcode` for services that ask two questions.
     pub passcode_delimiter: Option<String>,
+    /// Most PAM transactions of this route running at once; `None`: as many as workers.
+    pub max_concurrent: Option<usize>,
+    /// Remember successes this long (keyed hash, never the password); `None`: off.
+    pub success_cache: Option<Duration>,
 }
 
 /// How the PAM identity is taken from a bind (389's pamIDMapMethod).
@@ -164,6 +204,8 @@ pub struct BackendUri {
     pub uri: String,
     pub host: String,
     pub port: u16,
+    /// `ldaps://`: TLS from the first byte.
+    pub ldaps: bool,
 }
 
 /// Resource limits that protect the proxy and the directory from clients.
@@ -190,6 +232,7 @@ pub struct RuntimeConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: RawListen,
+    tls: Option<RawTls>,
     backend: RawBackend,
     #[serde(default)]
     bind: RawBind,
@@ -219,6 +262,8 @@ struct RawBind {
 struct RawPam {
     workers: Option<Spanned<i64>>,
     queue: Option<Spanned<i64>>,
+    max_attempts_per_minute: Option<Spanned<i64>>,
+    coalesce_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -236,12 +281,25 @@ struct RawRoute {
     include_suffixes: Option<Vec<Spanned<String>>>,
     exclude_suffixes: Option<Vec<Spanned<String>>>,
     passcode_delimiter: Option<Spanned<String>>,
+    max_concurrent: Option<Spanned<i64>>,
+    success_cache: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListen {
     address: Spanned<String>,
+    ldaps_address: Option<Spanned<String>>,
+    require_tls: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
+    min_version: Option<TlsVersion>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +310,9 @@ struct RawBackend {
     service_dn: Option<Spanned<String>>,
     service_password_file: Option<Spanned<String>>,
     root_dn: Option<Spanned<String>>,
+    #[serde(default)]
+    starttls: bool,
+    ca: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,12 +355,37 @@ impl Config {
             }
         })?;
 
-        let address = raw.listen.address.get_ref().parse().map_err(|e| {
-            at.error(
-                &raw.listen.address,
-                format!("listen.address: {e} (expected host:port, e.g. 127.0.0.1:1389)"),
-            )
-        })?;
+        let address = at.socket(&raw.listen.address, "listen.address")?;
+        let ldaps_address = match &raw.listen.ldaps_address {
+            Some(a) => Some(at.socket(a, "listen.ldaps_address")?),
+            None => None,
+        };
+        let tls = match &raw.tls {
+            Some(t) => Some(TlsConfig {
+                certificate: at.readable(&t.certificate, "tls.certificate")?,
+                key: at.readable(&t.key, "tls.key")?,
+                client_ca: match &t.client_ca {
+                    Some(c) => Some(at.readable(c, "tls.client_ca")?),
+                    None => None,
+                },
+                min_version: t.min_version.unwrap_or(TlsVersion::Tls12),
+            }),
+            None => None,
+        };
+        if tls.is_none() {
+            if let Some(a) = &raw.listen.ldaps_address {
+                return Err(at.error(
+                    a,
+                    "listen.ldaps_address needs a [tls] section (certificate and key)",
+                ));
+            }
+            if let Some(r) = raw.listen.require_tls.as_ref().filter(|r| *r.get_ref()) {
+                return Err(at.error(
+                    r,
+                    "listen.require_tls needs a [tls] section: clients could never get TLS",
+                ));
+            }
+        }
 
         if raw.backend.uris.get_ref().is_empty() {
             return Err(at.error(
@@ -318,6 +404,16 @@ impl Config {
                     .map_err(|m| at.error(u, format!("backend.uris[{i}]: {m}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let ca = match &raw.backend.ca {
+            Some(c) => Some(at.readable(c, "backend.ca")?),
+            None => None,
+        };
+        if ca.is_none() && (raw.backend.starttls || uris.iter().any(|u| u.ldaps)) {
+            return Err(at.error(
+                &raw.backend.uris,
+                "backend.ca is required for ldaps:// or starttls: backend certificates are always verified",
+            ));
+        }
         let connect_timeout = at.duration(
             raw.backend.connect_timeout.as_ref(),
             "backend.connect_timeout",
@@ -369,6 +465,16 @@ impl Config {
         let pam = PamConfig {
             workers: at.positive(raw.pam.workers.as_ref(), "pam.workers", 64)?,
             queue: at.positive(raw.pam.queue.as_ref(), "pam.queue", 1024)?,
+            max_attempts_per_minute: at.positive(
+                raw.pam.max_attempts_per_minute.as_ref(),
+                "pam.max_attempts_per_minute",
+                10,
+            )?,
+            coalesce_grace: at.duration(
+                raw.pam.coalesce_grace.as_ref(),
+                "pam.coalesce_grace",
+                Duration::from_secs(10),
+            )?,
         };
         let mut routes: Vec<Route> = Vec::with_capacity(raw.route.len());
         for spanned in &raw.route {
@@ -415,10 +521,21 @@ impl Config {
         )?;
 
         Ok(Config {
-            listen: ListenConfig { address },
+            listen: ListenConfig {
+                address,
+                ldaps_address,
+                require_tls: raw
+                    .listen
+                    .require_tls
+                    .as_ref()
+                    .is_some_and(|r| *r.get_ref()),
+            },
+            tls,
             backend: BackendConfig {
                 uris,
                 connect_timeout,
+                starttls: raw.backend.starttls,
+                ca,
                 service,
                 root_dn,
             },
@@ -438,14 +555,13 @@ impl Config {
 
 impl BackendUri {
     fn parse(uri: &str) -> Result<BackendUri, String> {
-        let rest = match uri.split_once("://") {
-            Some(("ldap", rest)) => rest,
-            Some((scheme @ ("ldaps" | "ldapi"), _)) => {
-                return Err(format!(
-                    "{scheme}:// backends are not supported yet; use ldap://"
-                ))
+        let (ldaps, rest) = match uri.split_once("://") {
+            Some(("ldap", rest)) => (false, rest),
+            Some(("ldaps", rest)) => (true, rest),
+            Some(("ldapi", _)) => {
+                return Err("ldapi:// backends are not supported; use ldap:// or ldaps://".into())
             }
-            _ => return Err(format!("'{uri}' is not an ldap:// URI")),
+            _ => return Err(format!("'{uri}' is not an ldap:// or ldaps:// URI")),
         };
         let hostport = rest.trim_end_matches('/');
         if hostport.contains('/') || hostport.contains('?') {
@@ -468,6 +584,7 @@ impl BackendUri {
             return Err(format!("'{uri}': missing host"));
         }
         let port = match port {
+            None if ldaps => 636,
             None => 389,
             Some(p) => p
                 .parse::<u16>()
@@ -479,6 +596,7 @@ impl BackendUri {
             uri: uri.to_owned(),
             host: host.to_owned(),
             port,
+            ldaps,
         })
     }
 }
@@ -513,6 +631,23 @@ impl Locator<'_> {
             line: 1,
             message: format!("internal default {what} does not parse"),
         }
+    }
+
+    fn socket(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse().map_err(|e| {
+            self.error(
+                value,
+                format!("{key}: {e} (expected ip:port, e.g. 127.0.0.1:1389)"),
+            )
+        })
+    }
+
+    /// A file path that must be readable now.
+    fn readable(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let path = PathBuf::from(value.get_ref());
+        std::fs::File::open(&path)
+            .map(|_| path)
+            .map_err(|e| self.error(value, format!("{key}: {}: {e}", value.get_ref())))
     }
 
     fn dn(&self, value: &Spanned<String>, key: &str) -> Result<Dn, ConfigError> {
@@ -604,6 +739,17 @@ impl Locator<'_> {
             exclude_suffixes: self
                 .dns(raw.exclude_suffixes.as_deref(), &key("exclude_suffixes"))?,
             passcode_delimiter,
+            max_concurrent: match &raw.max_concurrent {
+                Some(_) => {
+                    Some(self.positive(raw.max_concurrent.as_ref(), &key("max_concurrent"), 1)?)
+                }
+                None => None,
+            },
+            success_cache: match &raw.success_cache {
+                Some(d) => Some(self.duration(Some(d), &key("success_cache"), Duration::ZERO)?)
+                    .filter(|d| !d.is_zero()),
+                None => None,
+            },
             name,
         })
     }

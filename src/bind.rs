@@ -9,7 +9,8 @@ use crate::backend;
 use crate::config::{Config, IdMap, Insecure, Route, Unmatched};
 use crate::dn::Dn;
 use crate::lookup::{EntryFacts, LookupPool};
-use crate::pam_pool::{PamOutcome, PamPool, PamRequest, PoolError, TicketResult};
+use crate::pam_gate::{Attempt, PamGate, Rejection};
+use crate::pam_pool::{PamOutcome, TicketResult};
 use crate::proto::LdapError;
 use crate::secret::Password;
 use ldap3_proto::proto::LdapResultCode;
@@ -181,15 +182,14 @@ pub enum Verdict {
 }
 
 /// Maps a PAM result to the client's answer (DESIGN §2 step 9).
-pub fn judge(route: &Route, result: Result<TicketResult, PoolError>) -> Verdict {
+pub fn judge(route: &Route, attempt: Attempt) -> Verdict {
     let failure = |code, message: String| Verdict::Failure {
         err: LdapError::new(code, message),
         pw_expired: false,
         account_locked: false,
     };
-    let verdict = match result {
-        Ok(TicketResult::Completed(PamOutcome::Success)) => return Verdict::Success,
-        Ok(TicketResult::Completed(outcome)) => match outcome {
+    let verdict = match attempt {
+        Attempt::Done(TicketResult::Completed(outcome)) => match outcome {
             PamOutcome::Success => return Verdict::Success,
             PamOutcome::AuthFailed | PamOutcome::UserUnknown | PamOutcome::CredentialsError => {
                 Verdict::Failure {
@@ -220,18 +220,26 @@ pub fn judge(route: &Route, result: Result<TicketResult, PoolError>) -> Verdict 
                 format!("PAM service {} unavailable: {reason}", route.pam_service),
             ),
         },
-        Ok(TicketResult::DeadlinePassed) => failure(
+        Attempt::Done(TicketResult::DeadlinePassed) => failure(
             LdapResultCode::Unavailable,
             format!(
                 "PAM service {} did not answer within {:?}",
                 route.pam_service, route.timeout
             ),
         ),
-        Err(PoolError::QueueFull) => failure(
+        Attempt::Rejected(Rejection::QueueFull) => failure(
             LdapResultCode::Busy,
             "too many authentications in progress; try again later".into(),
         ),
-        Err(PoolError::ShutDown) => failure(
+        Attempt::Rejected(Rejection::InFlight) => failure(
+            LdapResultCode::Busy,
+            "another authentication of this user is in progress".into(),
+        ),
+        Attempt::Rejected(Rejection::RateLimited) => failure(
+            LdapResultCode::Busy,
+            "too many authentication attempts for this user; wait a minute".into(),
+        ),
+        Attempt::Rejected(Rejection::ShutDown) => failure(
             LdapResultCode::Unavailable,
             "the proxy is shutting down".into(),
         ),
@@ -276,7 +284,7 @@ pub struct Trail {
 pub async fn authenticate(
     config: &Config,
     lookup: &LookupPool,
-    pam: &PamPool,
+    gate: &PamGate,
     bind: SimpleBind,
     candidates: Vec<usize>,
     client: IpAddr,
@@ -327,20 +335,16 @@ pub async fn authenticate(
 
     let mut verdict = Verdict::Success;
     for (n, identity) in identities.iter().enumerate() {
-        let request = PamRequest {
-            service: route.pam_service.clone(),
-            identity: identity.clone(),
-            password: Password::from_vec(bind.password.as_bytes().to_vec()),
-            rhost: Some(client.to_string()),
-            passcode_delimiter: route.passcode_delimiter.clone(),
-        };
-        let result = match pam.submit(request, route.timeout) {
-            Ok(ticket) => Ok(ticket.wait().await),
-            Err(e) => Err(e),
-        };
-        let user_unknown = matches!(result, Ok(TicketResult::Completed(PamOutcome::UserUnknown)));
-        trail.detail = Some(format!("identity {identity}: {result:?}"));
-        verdict = judge(route, result);
+        let password = Password::from_vec(bind.password.as_bytes().to_vec());
+        let attempt = gate
+            .authenticate(route, identity, password, Some(client.to_string()))
+            .await;
+        let user_unknown = matches!(
+            attempt,
+            Attempt::Done(TicketResult::Completed(PamOutcome::UserUnknown))
+        );
+        trail.detail = Some(format!("identity {identity}: {attempt:?}"));
+        verdict = judge(route, attempt);
         // Only an unknown user moves on to the next identity: any other failure could
         // mean a push was sent, and one bind must never send two (DESIGN §2 step 6).
         if !(user_unknown && n + 1 < identities.len()) {
@@ -585,7 +589,7 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
             } => (err.code, pw_expired),
             other => panic!("{other:?}"),
         };
-        let done = |o| Ok(TicketResult::Completed(o));
+        let done = |o| Attempt::Done(TicketResult::Completed(o));
         assert_eq!(judge(r, done(PamOutcome::Success)), Verdict::Success);
         assert_eq!(
             code(done(PamOutcome::AuthFailed)),
@@ -616,13 +620,16 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
             (LdapResultCode::Unavailable, false)
         );
         assert_eq!(
-            code(Ok(TicketResult::DeadlinePassed)),
+            code(Attempt::Done(TicketResult::DeadlinePassed)),
             (LdapResultCode::Unavailable, false)
         );
-        assert_eq!(
-            code(Err(PoolError::QueueFull)),
-            (LdapResultCode::Busy, false)
-        );
+        for r in [
+            Rejection::QueueFull,
+            Rejection::InFlight,
+            Rejection::RateLimited,
+        ] {
+            assert_eq!(code(Attempt::Rejected(r)), (LdapResultCode::Busy, false));
+        }
         let c = config(
             &TWO.replace("secure = false", "secure = false\nfallback = true"),
             "",

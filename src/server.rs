@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::lookup::LookupPool;
+use crate::pam_gate::PamGate;
 use crate::pam_pool::PamPool;
 use crate::proto::{self, LdapError};
 use crate::session::Session;
@@ -18,13 +19,14 @@ use tokio_util::task::TaskTracker;
 pub struct Shared {
     pub config: Config,
     pub lookup: LookupPool,
-    pub pam: PamPool,
+    pub pam: PamGate,
 }
 
 impl Shared {
     /// Starts the PAM workers for `config`.
     pub fn new(config: Config) -> std::io::Result<Shared> {
-        let pam = PamPool::new(config.pam.workers, config.pam.queue)?;
+        let pool = Arc::new(PamPool::new(config.pam.workers, config.pam.queue)?);
+        let pam = PamGate::new(pool, &config.pam, &config.routes)?;
         Ok(Shared {
             config,
             lookup: LookupPool::default(),

@@ -6,6 +6,20 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
+# The sssd end-to-end test needs a real sssd and pamtester. Kept out of install-deps.sh
+# because installing sssd adds pam_sss and nss "sss" to the system's PAM and NSS
+# configuration, which a demo machine should not get as a side effect.
+test_packages=(sssd-ldap sssd-tools libpam-sss libnss-sss pamtester)
+missing=()
+for p in "${test_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if (( ${#missing[@]} > 0 )); then
+    echo "installing test packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 # A free loopback port: nothing answers a connect on it.
 free_port() {

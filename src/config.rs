@@ -40,6 +40,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub limits: Limits,
     pub runtime: RuntimeConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where clients connect.
@@ -244,6 +246,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -549,6 +559,10 @@ impl Config {
                 shutdown_grace,
             },
             runtime: RuntimeConfig { worker_threads },
+            metrics_listen: match &raw.metrics.listen {
+                Some(a) => Some(at.socket(a, "metrics.listen")?),
+                None => None,
+            },
         })
     }
 }

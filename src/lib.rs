@@ -12,6 +12,7 @@ pub mod dn;
 pub mod frame;
 pub mod lookup;
 pub mod message;
+pub mod metrics;
 pub mod pam_gate;
 pub mod pam_pool;
 pub mod proto;

@@ -18,12 +18,12 @@
 //! made at start) of the route, identity and password; the password is never a key.
 
 use crate::config::{PamConfig, Route};
+use crate::metrics;
 use crate::pam_pool::{PamOutcome, PamPool, PamRequest, PamTicket, PoolError, TicketResult};
 use crate::secret::Password;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -45,17 +45,6 @@ pub enum Rejection {
 pub enum Attempt {
     Done(TicketResult),
     Rejected(Rejection),
-}
-
-/// Counters for operators and tests.
-#[derive(Debug, Default)]
-pub struct GateCounters {
-    /// Binds that joined another bind's transaction.
-    pub coalesced: AtomicU64,
-    /// Binds refused by the per-identity guard.
-    pub rate_limited: AtomicU64,
-    /// Binds answered from the success cache.
-    pub cache_hits: AtomicU64,
 }
 
 type Key = [u8; 32];
@@ -85,7 +74,6 @@ pub struct PamGate {
     grace: Duration,
     route_slots: HashMap<String, Arc<Semaphore>>,
     state: Arc<Mutex<State>>,
-    pub counters: Arc<GateCounters>,
 }
 
 impl PamGate {
@@ -107,7 +95,6 @@ impl PamGate {
             grace: pam.coalesce_grace,
             route_slots,
             state: Arc::default(),
-            counters: Arc::default(),
         })
     }
 
@@ -143,13 +130,13 @@ impl PamGate {
             let now = Instant::now();
             if let Some(expiry) = st.cache.get(&key) {
                 if *expiry > now {
-                    self.counters.cache_hits.fetch_add(1, Relaxed);
+                    metrics::success_cache_hit();
                     return Attempt::Done(TicketResult::Completed(PamOutcome::Success));
                 }
                 st.cache.remove(&key);
             }
             if let Some(rx) = st.inflight.get(&key) {
-                self.counters.coalesced.fetch_add(1, Relaxed);
+                metrics::bind_coalesced();
                 rx.clone()
             } else {
                 let recent = st.identities.entry(identity.to_owned()).or_default();
@@ -168,7 +155,10 @@ impl PamGate {
                     None
                 };
                 if let Some(r) = refusal {
-                    self.counters.rate_limited.fetch_add(1, Relaxed);
+                    metrics::bind_rate_limited(match r {
+                        Rejection::InFlight => "in_flight",
+                        _ => "rate",
+                    });
                     return Attempt::Rejected(r);
                 }
                 recent.running = Some(key);
@@ -211,6 +201,7 @@ impl PamGate {
         tx: watch::Sender<Option<TicketResult>>,
     ) -> Option<Rejection> {
         let identity = request.identity.clone();
+        let service = request.service.clone();
         let timeout = route.timeout;
         let cache_for = route.success_cache;
         let (state, pool, grace) = (Arc::clone(&self.state), Arc::clone(&self.pool), self.grace);
@@ -230,10 +221,10 @@ impl PamGate {
             },
         };
         tokio::spawn(async move {
+            let started = Instant::now();
             let result = match queued {
                 Queued::InPool(ticket) => ticket.wait_for_worker().await,
                 Queued::ForSlot(slot, request) => {
-                    let started = Instant::now();
                     match tokio::time::timeout(timeout, slot.acquire_owned()).await {
                         Ok(Ok(_permit)) => {
                             match pool.submit(request, timeout.saturating_sub(started.elapsed())) {
@@ -248,6 +239,11 @@ impl PamGate {
                     }
                 }
             };
+            metrics::pam_transaction(
+                &service,
+                outcome_label(&result),
+                started.elapsed().as_secs_f64(),
+            );
             // Only a decision is worth repeating to a retry; a transient failure is not.
             let decisive = matches!(
                 result,
@@ -293,6 +289,24 @@ fn forget(state: &Mutex<State>, identity: &str, key: &Key, keep: bool) {
     }
     if !keep {
         st.inflight.remove(key);
+    }
+}
+
+/// A metrics label for a transaction's result.
+fn outcome_label(r: &TicketResult) -> &'static str {
+    match r {
+        TicketResult::DeadlinePassed => "deadline",
+        TicketResult::Completed(o) => match o {
+            PamOutcome::Success => "success",
+            PamOutcome::AuthFailed => "auth_err",
+            PamOutcome::UserUnknown => "user_unknown",
+            PamOutcome::CredentialsError => "cred_err",
+            PamOutcome::MaxTries => "maxtries",
+            PamOutcome::PermissionDenied => "perm_denied",
+            PamOutcome::AccountExpired => "acct_expired",
+            PamOutcome::NewAuthtokRequired => "new_authtok_reqd",
+            PamOutcome::Unavailable { .. } => "unavailable",
+        },
     }
 }
 

@@ -6,7 +6,7 @@
 //! directory lookup and the PAM pool.
 
 use crate::backend;
-use crate::config::{Config, IdMap, Insecure, Route, Unmatched};
+use crate::config::{Config, IdMap, Insecure, MissingSuffix, Route, Unmatched};
 use crate::dn::Dn;
 use crate::lookup::{EntryFacts, LookupPool};
 use crate::pam_gate::{Attempt, PamGate, Rejection};
@@ -77,6 +77,64 @@ pub fn triage(config: &Config, dn: &Dn) -> Triage {
         Triage::Unmatched
     } else {
         Triage::Candidates(candidates)
+    }
+}
+
+/// Configured include/exclude suffixes (global and per route) that are not at or under
+/// one of the directory's naming contexts. 389's own configuration trees (`cn=config`,
+/// `cn=schema`, `cn=monitor`) are not naming contexts but always exist.
+pub fn missing_suffixes(config: &Config, contexts: &[Dn]) -> Vec<String> {
+    let builtin: Vec<Dn> = ["cn=config", "cn=schema", "cn=monitor"]
+        .iter()
+        .filter_map(|s| Dn::parse(s).ok())
+        .collect();
+    let rules = &config.bind;
+    let mut missing: Vec<String> = rules
+        .include_suffixes
+        .iter()
+        .chain(&rules.exclude_suffixes)
+        .chain(
+            config
+                .routes
+                .iter()
+                .flat_map(|r| r.include_suffixes.iter().chain(&r.exclude_suffixes)),
+        )
+        .filter(|s| !contexts.iter().chain(&builtin).any(|c| s.is_within(c)))
+        .map(ToString::to_string)
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Applies `missing_suffix` (DESIGN §2 step 2) against the live directory: `Err` names
+/// the missing suffixes under `error`; `allow` logs them; `ignore` does not look.
+pub async fn check_suffixes(config: &Config) -> Result<(), String> {
+    if config.bind.missing_suffix == MissingSuffix::Ignore {
+        return Ok(());
+    }
+    let contexts = match crate::lookup::naming_contexts(&config.backend).await {
+        Ok(c) => c
+            .iter()
+            .filter_map(|c| Dn::parse(c).ok())
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            // The proxy must be able to start while the directory is down.
+            tracing::warn!("cannot check configured suffixes against the directory: {e}");
+            return Ok(());
+        }
+    };
+    let missing = missing_suffixes(config, &contexts);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let text = format!("suffixes not held by the directory: {}", missing.join("; "));
+    match config.bind.missing_suffix {
+        MissingSuffix::Error => Err(format!("{text} (missing_suffix = \"error\")")),
+        _ => {
+            tracing::warn!("{text} (missing_suffix = \"allow\")");
+            Ok(())
+        }
     }
 }
 
@@ -400,9 +458,9 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(routes: &str, bind: &str) -> Config {
-        let dir = std::env::temp_dir().join(format!("lpp-bind-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pw = dir.join("svc.pw");
+        // The password is read while parsing; the file may go once parsed.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("svc.pw");
         std::fs::write(&pw, "x").unwrap();
         Config::parse(
             &format!(
@@ -475,6 +533,22 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
         assert_eq!(
             t("cn=config"),
             Triage::NotOurs("outside the included suffixes")
+        );
+    }
+
+    #[test]
+    fn missing_suffixes_are_found() {
+        let c = config(
+            &TWO.replace(
+                "include_suffixes = [\"ou=People,dc=example,dc=com\"]",
+                "include_suffixes = [\"ou=People,dc=example,dc=com\", \"dc=other,dc=org\"]",
+            ),
+            "exclude_suffixes = [\"cn=config\", \"o=gone\"]",
+        );
+        let contexts = [Dn::parse("dc=example,dc=com").unwrap()];
+        assert_eq!(
+            missing_suffixes(&c, &contexts),
+            vec!["dc=other,dc=org", "o=gone"]
         );
     }
 

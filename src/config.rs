@@ -3,7 +3,6 @@
 
 use crate::dn::Dn;
 use crate::secret::Password;
-use ldap3_proto::parse_ldap_filter_str;
 use ldap3_proto::proto::LdapFilter;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -685,7 +684,7 @@ impl Locator<'_> {
         let key = |k: &str| format!("route '{name}': {k}");
         let filter = match &raw.filter {
             None => None,
-            Some(f) => Some(parse_ldap_filter_str(f.get_ref()).map_err(|e| {
+            Some(f) => Some(crate::filter::parse(f.get_ref()).map_err(|e| {
                 self.error(
                     f,
                     format!(

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bind;
 pub mod config;
 pub mod dn;
+pub mod filter;
 pub mod frame;
 pub mod lookup;
 pub mod message;

@@ -249,3 +249,44 @@ fn base_search(msgid: i32, dn: &str, filter: LdapFilter, attrs: Vec<String>) -> 
         }),
     )
 }
+
+/// The directory's naming contexts (root DSE `namingContexts`), read anonymously.
+pub async fn naming_contexts(cfg: &BackendConfig) -> Result<Vec<String>, LookupError> {
+    let mut stream = backend::connect(cfg)
+        .await
+        .map_err(|e| LookupError::Connect(e.into()))?;
+    let io = |e: std::io::Error| LookupError::Io(e.to_string());
+    let request = proto::encode(base_search(
+        1,
+        "",
+        LdapFilter::Present("objectClass".into()),
+        vec!["namingContexts".into()],
+    ));
+    let run = async {
+        stream.write_all(&request).await.map_err(io)?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut contexts = Vec::new();
+        loop {
+            let Some(msg) = backend::decode_one(&mut buf).map_err(LookupError::Io)? else {
+                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err(LookupError::Io("directory closed the connection".into()));
+                }
+                continue;
+            };
+            match msg.op {
+                LdapOp::SearchResultEntry(e) => contexts.extend(
+                    e.attributes
+                        .into_iter()
+                        .filter(|a| a.atype.eq_ignore_ascii_case("namingContexts"))
+                        .flat_map(|a| a.vals)
+                        .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                ),
+                LdapOp::SearchResultDone(_) => return Ok(contexts),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(LOOKUP_TIMEOUT, run)
+        .await
+        .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?
+}

@@ -90,6 +90,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     .context("cannot start the async runtime")?;
 
     runtime.block_on(async {
+        ldap_pam_proxy::bind::check_suffixes(&config)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let listener = server::bind(&config)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen.address))?;

@@ -77,6 +77,39 @@ impl Proxy {
 
     /// Starts the proxy with a complete configuration text.
     pub fn start_config(config: &str) -> Proxy {
+        Proxy::try_start(config, &[]).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
+    }
+
+    /// Starts the proxy in front of the test directory with its service account, under
+    /// pam_wrapper with `pam`'s services; `extra` (TOML tables: `[bind]`, `[[route]]`, …)
+    /// is appended to the `[backend]` table.
+    pub fn with_pam(pam: &PamSetup, extra: &str) -> Proxy {
+        Proxy::try_with_pam(pam, extra).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
+    }
+
+    /// As [`Proxy::with_pam`]; `Err` holds the log of a proxy that exited instead of listening.
+    pub fn try_with_pam(pam: &PamSetup, extra: &str) -> Result<Proxy, String> {
+        let ds = directory();
+        let config = format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[backend]\nuris = [\"{}\"]\nconnect_timeout = \"2s\"\nservice_dn = \"{}\"\nservice_password_file = \"{}\"\n\n{extra}\n",
+            ds.uri,
+            ds.service_dn,
+            ds.service_pw_file.display()
+        );
+        // pam_wrapper copies the services to /tmp/pam.<c> when the process starts, with
+        // an unlocked check-then-create: two processes starting at once can share (and
+        // overwrite) one copy. So proxies under pam_wrapper start one at a time; the
+        // copy is made before `main`, so it is done once the proxy reports listening.
+        static START: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = START
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Proxy::try_start(&config, &pam.env())
+    }
+
+    /// Starts the proxy with a complete configuration text and extra environment; `Err`
+    /// holds its log when it exits (or stays silent) instead of listening.
+    pub fn try_start(config: &str, env: &[(&str, String)]) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, config).expect("write config");
@@ -84,6 +117,7 @@ impl Proxy {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -92,7 +126,7 @@ impl Proxy {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line
                     .split("address=")
@@ -110,15 +144,19 @@ impl Proxy {
             Ok(a) => a.parse().expect("listening address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("proxy did not start:\n{}", log.lock().unwrap());
+                let _ = child.wait();
+                remove_pam_wrapper_dir(child.id());
+                let _ = reader.join();
+                let text = log.lock().unwrap().clone();
+                return Err(text);
             }
         };
-        Proxy {
+        Ok(Proxy {
             child,
             addr,
             log,
             _dir: dir,
-        }
+        })
     }
 
     pub fn uri(&self) -> String {
@@ -172,8 +210,29 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        let pid = self.pid();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_pam_wrapper_dir(pid);
+    }
+}
+
+/// pam_wrapper's private copy of the services, `/tmp/pam.<c>` with the owner's pid in
+/// `pid`, is removed only by a process that exits normally; a killed proxy leaves it.
+fn remove_pam_wrapper_dir(pid: u32) {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.len() == 5 && n.starts_with("pam."))
+            && std::fs::read_to_string(path.join("pid")).is_ok_and(|p| p.trim() == pid.to_string());
+        if ours {
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 
@@ -322,19 +381,62 @@ impl RawClient {
     }
 
     pub fn simple_bind(&mut self, msgid: i32, dn: &str, pw: &str) -> LdapResultCode {
-        self.send(LdapMsg::new(
-            msgid,
-            LdapOp::BindRequest(ldap3_proto::proto::LdapBindRequest {
-                version: 3,
-                dn: dn.into(),
-                cred: ldap3_proto::proto::LdapBindCred::Simple(pw.into()),
-            }),
-        ));
+        self.send(bind_request(msgid, dn, pw));
         match self.recv().expect("bind response").op {
             LdapOp::BindResponse(r) => r.res.code,
             other => panic!("expected a bind response, got {other:?}"),
         }
     }
+
+    /// Sends `msg` and reads up to its final response: returns the entries, references
+    /// and intermediate responses before it, and the final response itself.
+    pub fn exchange(&mut self, msg: LdapMsg) -> (Vec<LdapMsg>, LdapMsg) {
+        let msgid = msg.msgid;
+        self.send(msg);
+        self.answer(msgid)
+    }
+
+    /// Reads the answer to the request `msgid` already sent, as [`RawClient::exchange`];
+    /// panics if a message for another request comes first.
+    pub fn answer(&mut self, msgid: i32) -> (Vec<LdapMsg>, LdapMsg) {
+        let mut before = Vec::new();
+        loop {
+            let m = self
+                .recv()
+                .unwrap_or_else(|| panic!("connection closed before the answer to {msgid}"));
+            assert!(notice_code(&m).is_none(), "notice of disconnection: {m:?}");
+            assert_eq!(m.msgid, msgid, "answer to another request: {m:?}");
+            match m.op {
+                LdapOp::SearchResultEntry(_)
+                | LdapOp::SearchResultReference(_)
+                | LdapOp::IntermediateResponse(_) => before.push(m),
+                _ => return (before, m),
+            }
+        }
+    }
+}
+
+/// A simple BindRequest.
+pub fn bind_request(msgid: i32, dn: &str, pw: &str) -> LdapMsg {
+    LdapMsg::new(
+        msgid,
+        LdapOp::BindRequest(ldap3_proto::proto::LdapBindRequest {
+            version: 3,
+            dn: dn.into(),
+            cred: ldap3_proto::proto::LdapBindCred::Simple(pw.into()),
+        }),
+    )
+}
+
+/// A "Who am I?" extended request (RFC 4532).
+pub fn whoami_request(msgid: i32) -> LdapMsg {
+    LdapMsg::new(
+        msgid,
+        LdapOp::ExtendedRequest(ldap3_proto::proto::LdapExtendedRequest {
+            name: "1.3.6.1.4.1.4203.1.11.3".into(),
+            value: None,
+        }),
+    )
 }
 
 /// The result code of a Notice of Disconnection, if `msg` is one.
@@ -374,4 +476,78 @@ pub fn search(
 
 pub fn path_of(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub const PAM_WRAPPER_LIB: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
+
+/// PAM under pam_wrapper for a proxy: the test services of `pam.d/test/` rendered into
+/// a temporary directory, their pam_matrix passdb, and the state directory the `duo`
+/// service's script writes its pushes to. One per proxy, so push counts are its own.
+pub struct PamSetup {
+    dir: tempfile::TempDir,
+}
+
+impl PamSetup {
+    /// `passdb` holds pam_matrix lines, `user:password:service`.
+    pub fn new(passdb: &str) -> PamSetup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setup = PamSetup { dir };
+        std::fs::create_dir(setup.services()).expect("mkdir services");
+        std::fs::create_dir(setup.state()).expect("mkdir state");
+        setup.write_state("passdb", passdb);
+        setup.write_state("passcodes", "");
+        let passdb = setup.state().join("passdb");
+        for entry in std::fs::read_dir(path_of("pam.d/test")).expect("pam.d/test") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path)
+                .expect("template")
+                .replace("@PASSDB@", &passdb.to_string_lossy())
+                .replace("@STATE@", &setup.state().to_string_lossy())
+                .replace("@SCRIPTS@", &path_of("tests/pam").to_string_lossy());
+            std::fs::write(setup.services().join(path.file_name().unwrap()), text)
+                .expect("service");
+        }
+        setup
+    }
+
+    /// The directory of PAM services (`PAM_WRAPPER_SERVICE_DIR`).
+    pub fn services(&self) -> PathBuf {
+        self.dir.path().join("services")
+    }
+
+    /// The state directory (`@STATE@` in the templates).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Writes a file of the state directory (e.g. `passcodes`, `user:passcode:service`).
+    pub fn write_state(&self, name: &str, text: &str) {
+        std::fs::write(self.state().join(name), text).expect("state file");
+    }
+
+    /// How long each `duo` transaction waits after recording its push.
+    pub fn set_duo_delay(&self, seconds: u32) {
+        self.write_state("duo-delay", &seconds.to_string());
+    }
+
+    /// One line per `duo` transaction started so far: `<PAM user> <PAM rhost>`.
+    pub fn pushes(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state().join("duo-pushes"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The environment that runs a process under pam_wrapper with these services.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LD_PRELOAD", PAM_WRAPPER_LIB.to_owned()),
+            ("PAM_WRAPPER", "1".to_owned()),
+            (
+                "PAM_WRAPPER_SERVICE_DIR",
+                self.services().to_string_lossy().into_owned(),
+            ),
+        ]
+    }
 }

@@ -1,38 +1,43 @@
-//! Connections to the directory servers behind the proxy.
+//! Connections to the directory servers behind the proxy: plain `ldap://`, `ldaps://`
+//! (TLS from the first byte) or `ldap://` upgraded with StartTLS (`backend.starttls`).
+//! TLS connections verify the server's certificate against `backend.ca` and the URI's
+//! host.
 
-use crate::config::BackendConfig;
-use crate::message;
+use crate::config::{BackendConfig, BackendUri};
+use crate::tls::{self, Stream};
+use crate::{message, proto};
 use bytes::BytesMut;
-use ldap3_proto::proto::{LdapMsg, LdapOp, LdapResultCode};
+use ldap3_proto::proto::{LdapExtendedRequest, LdapMsg, LdapOp, LdapResultCode};
 use ldap3_proto::LdapCodec;
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::Decoder;
 
+/// A connection to a backend, in the clear or inside TLS; reads and writes the same.
+pub type BackendStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Lets callers that still hold a plain `TcpStream` use [`connect_as_service`]: only a
+/// plain connection converts; a TLS one is handed back.
 /// No backend in the list could be reached; the message names each one and why.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("no backend reachable: {0}")]
 pub struct Unreachable(String);
 
-/// Connects to the first backend that answers, in configured order.
-pub async fn connect(cfg: &BackendConfig) -> Result<TcpStream, Unreachable> {
+/// Connects to the first backend that answers, in configured order. The connect
+/// timeout covers the TCP connect, StartTLS and the TLS handshake.
+pub async fn connect(cfg: &BackendConfig) -> Result<BackendStream, Unreachable> {
     let mut why = String::new();
     for uri in &cfg.uris {
-        let attempt = tokio::time::timeout(
-            cfg.connect_timeout,
-            TcpStream::connect((uri.host.as_str(), uri.port)),
-        )
-        .await;
+        let attempt = tokio::time::timeout(cfg.connect_timeout, open(cfg, uri)).await;
         let err = match attempt {
-            Ok(Ok(stream)) => {
-                // Small request/response messages: waiting to coalesce them only adds latency.
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(backend = %uri.uri, "set_nodelay: {e}");
-                }
-                return Ok(stream);
-            }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => e,
             Err(_) => format!("no answer within {:?}", cfg.connect_timeout),
         };
         tracing::warn!(backend = %uri.uri, "backend connect failed: {err}");
@@ -41,7 +46,136 @@ pub async fn connect(cfg: &BackendConfig) -> Result<TcpStream, Unreachable> {
         }
         let _ = write!(why, "{}: {err}", uri.uri);
     }
+    crate::metrics::backend_connect_failed();
     Err(Unreachable(why))
+}
+
+/// One connection attempt to `uri`, with TLS when the URI or `backend.starttls` says so.
+async fn open(cfg: &BackendConfig, uri: &BackendUri) -> Result<BackendStream, String> {
+    let mut stream = TcpStream::connect((uri.host.as_str(), uri.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Small request/response messages: waiting to coalesce them only adds latency.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(backend = %uri.uri, "set_nodelay: {e}");
+    }
+    if !uri.ldaps && !cfg.starttls {
+        return Ok(Stream::Plain(stream));
+    }
+    let ca = cfg
+        .ca
+        .as_deref()
+        .ok_or("backend.ca is not set: TLS backends are always verified")?;
+    let config = client_config(ca)?;
+    let name = tls::server_name(&uri.host)?;
+    if !uri.ldaps {
+        start_tls(&mut stream).await?;
+    }
+    let stream = TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (_, conn) = stream.get_ref();
+    tracing::debug!(
+        backend = %uri.uri,
+        version = ?conn.protocol_version(),
+        suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+        "backend TLS established"
+    );
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// Backend TLS configurations by CA file, built once: every session's connection
+/// would otherwise read and parse the CA file again.
+fn client_configs() -> &'static Mutex<HashMap<PathBuf, Arc<ClientConfig>>> {
+    static CONFIGS: OnceLock<Mutex<HashMap<PathBuf, Arc<ClientConfig>>>> = OnceLock::new();
+    CONFIGS.get_or_init(Mutex::default)
+}
+
+fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, String> {
+    if let Some(c) = client_configs()
+        .lock()
+        .ok()
+        .and_then(|m| m.get(ca).cloned())
+    {
+        return Ok(c);
+    }
+    let config = tls::client_config(ca).map_err(|e| format!("backend.ca {e}"))?;
+    if let Ok(mut m) = client_configs().lock() {
+        m.insert(ca.to_owned(), Arc::clone(&config));
+    }
+    Ok(config)
+}
+
+/// Makes the next backend connections read `backend.ca` again (SIGHUP).
+pub fn forget_tls_configs() {
+    if let Ok(mut m) = client_configs().lock() {
+        m.clear();
+    }
+}
+
+/// StartTLS (RFC 4511 §4.14) as the first operation on a fresh connection, messageID 1.
+/// The directory sends nothing after its response until the handshake, so any further
+/// byte is refused rather than fed to TLS.
+async fn start_tls(stream: &mut TcpStream) -> Result<(), String> {
+    let request = proto::encode(LdapMsg::new(
+        1,
+        LdapOp::ExtendedRequest(LdapExtendedRequest {
+            name: tls::OID_STARTTLS.to_owned(),
+            value: None,
+        }),
+    ));
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| format!("StartTLS: {e}"))?;
+    let mut buf = BytesMut::with_capacity(256);
+    let reply = read_one(stream, &mut buf)
+        .await
+        .map_err(|e| format!("StartTLS: {e}"))?;
+    if !buf.is_empty() {
+        return Err("StartTLS: the directory sent data after its response".into());
+    }
+    match reply.op {
+        LdapOp::ExtendedResponse(r)
+            if reply.msgid == 1 && r.res.code == LdapResultCode::Success =>
+        {
+            Ok(())
+        }
+        LdapOp::ExtendedResponse(r) => Err(format!(
+            "StartTLS refused: {:?}: {}",
+            r.res.code, r.res.message
+        )),
+        other => Err(format!(
+            "unexpected answer to StartTLS: {}",
+            op_name(&other)
+        )),
+    }
+}
+
+/// Reads until one whole message is decoded from the front of `buf`.
+async fn read_one<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<LdapMsg, String> {
+    loop {
+        if let Some(m) = decode_one(buf)? {
+            return Ok(m);
+        }
+        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("backend closed the connection".into());
+        }
+    }
+}
+
+/// The kind of an unexpected message, for diagnostics that must not echo its content.
+fn op_name(op: &LdapOp) -> &'static str {
+    match op {
+        LdapOp::BindResponse(_) => "BindResponse",
+        LdapOp::ExtendedResponse(_) => "ExtendedResponse",
+        LdapOp::SearchResultDone(_) => "SearchResultDone",
+        _ => "another message",
+    }
 }
 
 /// Why the proxy could not get a connection bound as its service account.
@@ -58,25 +192,22 @@ pub enum ServiceBindError {
 }
 
 /// A backend connection bound as the proxy's service account, ready for requests.
-/// Uses messageID 1 for its bind, before the connection carries anything else.
-pub async fn connect_as_service(cfg: &BackendConfig) -> Result<TcpStream, ServiceBindError> {
+/// Uses messageID 1 for its bind, right after the connection is made (and secured).
+pub async fn connect_as_service(cfg: &BackendConfig) -> Result<BackendStream, ServiceBindError> {
     let account = cfg
         .service
         .as_ref()
         .ok_or(ServiceBindError::NotConfigured)?;
     let mut stream = connect(cfg).await?;
     let request = message::simple_bind_request(1, &account.dn, account.password.as_bytes());
-    let io = |e: std::io::Error| ServiceBindError::Io(e.to_string());
-    stream.write_all(&request).await.map_err(io)?;
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| ServiceBindError::Io(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(512);
-    let reply = loop {
-        if let Some(m) = decode_one(&mut buf).map_err(ServiceBindError::Io)? {
-            break m;
-        }
-        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
-            return Err(ServiceBindError::Io("backend closed the connection".into()));
-        }
-    };
+    let reply = read_one(&mut stream, &mut buf)
+        .await
+        .map_err(ServiceBindError::Io)?;
     match reply.op {
         LdapOp::BindResponse(r) if r.res.code == LdapResultCode::Success => Ok(stream),
         LdapOp::BindResponse(r) => Err(ServiceBindError::Refused(format!(
@@ -84,7 +215,8 @@ pub async fn connect_as_service(cfg: &BackendConfig) -> Result<TcpStream, Servic
             r.res.code, r.res.message
         ))),
         other => Err(ServiceBindError::Io(format!(
-            "unexpected answer to bind: {other:?}"
+            "unexpected answer to bind: {}",
+            op_name(&other)
         ))),
     }
 }

@@ -6,6 +6,7 @@
 //! directory lookup and the PAM pool.
 
 use crate::backend;
+use crate::backend::BackendStream;
 use crate::config::{Config, IdMap, Insecure, MissingSuffix, Route, Unmatched};
 use crate::dn::Dn;
 use crate::lookup::{EntryFacts, LookupPool};
@@ -15,7 +16,6 @@ use crate::proto::LdapError;
 use crate::secret::Password;
 use ldap3_proto::proto::LdapResultCode;
 use std::net::IpAddr;
-use tokio::net::TcpStream;
 
 /// Authorization Identity Request control (RFC 3829).
 pub const OID_AUTHZID_REQUEST: &str = "2.16.840.1.113730.3.4.16";
@@ -326,7 +326,7 @@ pub enum Outcome {
     },
     /// PAM said yes. `link` is a backend connection bound as the service account, for
     /// the session's later operations.
-    Bound { link: TcpStream },
+    Bound { link: BackendStream },
 }
 
 /// What the log line of a bind reports besides its result.

@@ -20,3 +20,4 @@ pub mod proto;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod tls;

@@ -6,7 +6,7 @@
 //! identity attributes) and one base search per candidate route filter, on a connection
 //! from a small shared pool of service-bound connections.
 
-use crate::backend::{self, ServiceBindError};
+use crate::backend::{self, BackendStream, ServiceBindError};
 use crate::config::{BackendConfig, Route};
 use crate::proto;
 use bytes::BytesMut;
@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 /// At most this many lookup connections; more lookups wait for one.
@@ -67,7 +66,7 @@ pub struct LookupPool {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: BytesMut,
     next_id: i32,
 }

@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -93,36 +94,63 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         ldap_pam_proxy::bind::check_suffixes(&config)
             .await
             .map_err(anyhow::Error::msg)?;
-        let listener = server::bind(&config)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen.address))?;
-        let local = listener
-            .local_addr()
+        let listeners = server::bind(&config).await?;
+        let shared = Arc::new(
+            server::Shared::new(config, path.to_owned()).context("cannot start the proxy")?,
+        );
+        // Handlers go in before the proxy says it listens, so a signal sent from then on
+        // is never the default action (SIGHUP would end the process).
+        let signals = Signals::install().context("cannot install signal handlers")?;
+        let shutdown = CancellationToken::new();
+        let local = listeners
+            .plain_addr()
             .context("listening socket has no address")?;
         tracing::info!(address = %local, "listening");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        let shared =
-            Arc::new(server::Shared::new(config).context("cannot start the PAM worker pool")?);
-        server::serve(listener, shared, shutdown).await;
+        if let Some(ldaps) = listeners.ldaps_addr() {
+            let ldaps = ldaps.context("LDAPS listening socket has no address")?;
+            tracing::info!(ldaps = %ldaps, "LDAPS listening");
+        }
+        tokio::spawn(signals.run(Arc::clone(&shared), shutdown.clone()));
+        server::serve(listeners, shared, shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the proxy with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// The signals the proxy acts on: SIGTERM and SIGINT stop it gracefully, SIGHUP reloads.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    shutdown.cancel();
+
+    /// Reloads on each SIGHUP; cancels `shutdown` on the first SIGTERM or SIGINT.
+    async fn run(mut self, shared: Arc<server::Shared>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading");
+                    server::reload(&shared).await;
+                }
+            }
+        }
+        shutdown.cancel();
+    }
 }

@@ -203,6 +203,19 @@ pub fn bind_request(msg: &[u8]) -> Result<BindShape<'_>, FrameError> {
     })
 }
 
+/// The resultCode of an LDAPResult-shaped response (BindResponse, SearchResultDone, …).
+pub fn result_code(msg: &[u8]) -> Result<u32, FrameError> {
+    let op = parts(msg)?.op;
+    let code = tlv(op.content)?;
+    if code.tag != 0x0a || code.content.is_empty() || code.content.len() > 4 {
+        return Err(MALFORMED);
+    }
+    Ok(code
+        .content
+        .iter()
+        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+}
+
 /// The messageID an AbandonRequest names.
 pub fn abandon_target(msg: &[u8]) -> Result<i32, FrameError> {
     let op = parts(msg)?.op;
@@ -344,6 +357,12 @@ mod tests {
             }),
         ));
         assert_eq!(bind_request(&sasl).unwrap().auth, BindAuth::Other);
+        let reply = crate::proto::bind_response(
+            4,
+            &crate::proto::LdapError::new(LdapResultCode::InvalidCredentials, "no"),
+            vec![],
+        );
+        assert_eq!(result_code(&reply).unwrap(), 49);
         let ab = encode(LdapMsg::new(5, LdapOp::AbandonRequest(300)));
         assert_eq!(abandon_target(&ab).unwrap(), 300);
     }

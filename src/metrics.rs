@@ -123,9 +123,20 @@ pub fn client_connection(delta: f64) {
     }
 }
 
-/// Backend connections of client sessions: opened (`+1`) and closed (`-1`).
-pub fn backend_connection(delta: f64) {
-    gauge!("ldap_pam_proxy_backend_connections").increment(delta);
+/// Counts one backend connection of a client session for as long as it lives.
+pub struct BackendConnection(());
+
+impl BackendConnection {
+    pub fn open() -> Self {
+        gauge!("ldap_pam_proxy_backend_connections").increment(1.0);
+        BackendConnection(())
+    }
+}
+
+impl Drop for BackendConnection {
+    fn drop(&mut self) {
+        gauge!("ldap_pam_proxy_backend_connections").decrement(1.0);
+    }
 }
 
 /// A backend connection attempt that found no backend.

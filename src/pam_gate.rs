@@ -70,10 +70,41 @@ struct Recent {
 pub struct PamGate {
     pool: Arc<PamPool>,
     secret: Key,
+    settings: Mutex<Settings>,
+    state: Arc<Mutex<State>>,
+}
+
+/// What a configuration reload may change.
+struct Settings {
     max_per_minute: usize,
     grace: Duration,
-    route_slots: HashMap<String, Arc<Semaphore>>,
-    state: Arc<Mutex<State>>,
+    /// Per capped route: (its cap, the slots). Kept across reloads while the cap stays,
+    /// so transactions in flight keep counting against it.
+    route_slots: HashMap<String, (usize, Arc<Semaphore>)>,
+}
+
+impl Settings {
+    fn new(pam: &PamConfig, routes: &[Route], old: Option<&Settings>) -> Settings {
+        let route_slots = routes
+            .iter()
+            .filter_map(|r| {
+                let cap = r.max_concurrent?;
+                let kept = old
+                    .and_then(|o| o.route_slots.get(&r.name))
+                    .filter(|(n, _)| *n == cap)
+                    .map(|(_, s)| Arc::clone(s));
+                Some((
+                    r.name.clone(),
+                    (cap, kept.unwrap_or_else(|| Arc::new(Semaphore::new(cap)))),
+                ))
+            })
+            .collect();
+        Settings {
+            max_per_minute: pam.max_attempts_per_minute,
+            grace: pam.coalesce_grace,
+            route_slots,
+        }
+    }
 }
 
 impl PamGate {
@@ -81,21 +112,19 @@ impl PamGate {
     pub fn new(pool: Arc<PamPool>, pam: &PamConfig, routes: &[Route]) -> std::io::Result<Self> {
         let mut secret = [0u8; 32];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
-        let route_slots = routes
-            .iter()
-            .filter_map(|r| {
-                r.max_concurrent
-                    .map(|n| (r.name.clone(), Arc::new(Semaphore::new(n))))
-            })
-            .collect();
         Ok(PamGate {
             pool,
             secret,
-            max_per_minute: pam.max_attempts_per_minute,
-            grace: pam.coalesce_grace,
-            route_slots,
+            settings: Mutex::new(Settings::new(pam, routes, None)),
             state: Arc::default(),
         })
+    }
+
+    /// Takes the guard settings and route caps of a reloaded configuration; transactions
+    /// in flight, and the grace windows of finished ones, carry on.
+    pub fn reconfigure(&self, pam: &PamConfig, routes: &[Route]) {
+        let mut settings = self.settings.lock().unwrap_or_else(PoisonError::into_inner);
+        *settings = Settings::new(pam, routes, Some(&settings));
     }
 
     /// The pool behind the gate.
@@ -125,6 +154,11 @@ impl PamGate {
     ) -> Attempt {
         let deadline = tokio::time::Instant::now() + route.timeout;
         let key = self.key(&route.name, identity, &password);
+        let max_per_minute = self
+            .settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max_per_minute;
         let joined = {
             let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
@@ -149,7 +183,7 @@ impl PamGate {
                 }
                 let refusal = if recent.running.is_some() {
                     Some(Rejection::InFlight)
-                } else if recent.starts.len() >= self.max_per_minute {
+                } else if recent.starts.len() >= max_per_minute {
                     Some(Rejection::RateLimited)
                 } else {
                     None
@@ -204,11 +238,19 @@ impl PamGate {
         let service = request.service.clone();
         let timeout = route.timeout;
         let cache_for = route.success_cache;
-        let (state, pool, grace) = (Arc::clone(&self.state), Arc::clone(&self.pool), self.grace);
+        let (grace, slot) = {
+            let settings = self.settings.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = settings
+                .route_slots
+                .get(&route.name)
+                .map(|(_, s)| Arc::clone(s));
+            (settings.grace, slot)
+        };
+        let (state, pool) = (Arc::clone(&self.state), Arc::clone(&self.pool));
         // An uncapped route submits now, so a full queue is reported to the bind at once;
         // a capped route submits when one of its slots frees.
-        let queued = match self.route_slots.get(&route.name) {
-            Some(slot) => Queued::ForSlot(Arc::clone(slot), request),
+        let queued = match slot {
+            Some(slot) => Queued::ForSlot(slot, request),
             None => match pool.submit(request, timeout) {
                 Ok(ticket) => Queued::InPool(ticket),
                 Err(e) => {

@@ -1,4 +1,5 @@
-//! The listener: accepts clients, starts a session for each, and shuts down gracefully.
+//! The listeners: accept clients (plain LDAP, and LDAPS when configured), start a session
+//! for each, reload on SIGHUP, and shut down gracefully.
 
 use crate::config::Config;
 use crate::lookup::LookupPool;
@@ -6,75 +7,219 @@ use crate::pam_gate::PamGate;
 use crate::pam_pool::PamPool;
 use crate::proto::{self, LdapError};
 use crate::session::Session;
+use crate::tls::ServerTls;
+use crate::{backend, bind, metrics, tls};
 use ldap3_proto::proto::LdapResultCode;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// What every session shares: the configuration, the route lookup connections and the
-/// PAM worker pool.
+/// What every session shares: the configuration, the route lookup connections, the
+/// PAM worker pool and the proxy's TLS certificate.
 pub struct Shared {
-    pub config: Config,
+    /// The configuration in force: replaced whole by a reload.
+    config: RwLock<Arc<Config>>,
+    /// Where the configuration is read from again on SIGHUP.
+    path: PathBuf,
     pub lookup: LookupPool,
     pub pam: PamGate,
+    /// The server certificate for LDAPS and StartTLS; `None` without `[tls]`.
+    pub tls: Option<ServerTls>,
 }
 
 impl Shared {
-    /// Starts the PAM workers for `config`.
-    pub fn new(config: Config) -> std::io::Result<Shared> {
+    /// Loads the TLS certificate and starts the PAM workers for `config`, read from `path`.
+    pub fn new(config: Config, path: PathBuf) -> std::io::Result<Shared> {
+        let tls = match &config.tls {
+            Some(t) => Some(ServerTls::load(t).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("TLS certificate: {e}"),
+                )
+            })?),
+            None => None,
+        };
         let pool = Arc::new(PamPool::new(config.pam.workers, config.pam.queue)?);
         let pam = PamGate::new(pool, &config.pam, &config.routes)?;
         Ok(Shared {
-            config,
+            config: RwLock::new(Arc::new(config)),
+            path,
             lookup: LookupPool::default(),
             pam,
+            tls,
         })
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
-/// Binds the listening socket; separate from [`serve`] so startup errors surface before
-/// the process reports itself ready.
-pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
-    TcpListener::bind(config.listen.address).await
+/// The listening sockets.
+pub struct Listeners {
+    pub plain: TcpListener,
+    pub ldaps: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The plain listener's address (useful when configured with port 0).
+    pub fn plain_addr(&self) -> std::io::Result<SocketAddr> {
+        self.plain.local_addr()
+    }
+
+    /// The LDAPS listener's address, when there is one.
+    pub fn ldaps_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.ldaps.as_ref().map(TcpListener::local_addr)
+    }
+}
+
+/// Binds the listening sockets; separate from [`serve`] so startup errors surface before
+/// the process reports itself ready. Errors name the address.
+pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+    let listen = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    };
+    let plain = listen(config.listen.address).await?;
+    let ldaps = match config.listen.ldaps_address {
+        Some(addr) => Some(listen(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { plain, ldaps })
+}
+
+/// SIGHUP: reads the configuration file again and, if it is valid, puts its routes, bind
+/// rules, PAM guard settings and TLS certificate in force at once; sessions take the new
+/// routes from their next bind. A file that does not load (or a certificate that does
+/// not) is refused whole, logged and counted, and the running configuration stays.
+/// Returns whether the new configuration is in force.
+pub async fn reload(shared: &Shared) -> bool {
+    let refuse = |why: String| {
+        tracing::error!("reload refused, the running configuration stays: {why}");
+        metrics::reload("refused");
+        false
+    };
+    let new = match Config::load(&shared.path) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    if let Err(e) = bind::check_suffixes(&new).await {
+        return refuse(e);
+    }
+    let tls = match (&shared.tls, &new.tls) {
+        (Some(_), Some(t)) => match tls::server_config(t) {
+            Ok(c) => Some(c),
+            Err(e) => return refuse(format!("TLS certificate: {e}")),
+        },
+        _ => None,
+    };
+    let old = shared.config();
+    for what in restart_only_changes(&old, &new) {
+        tracing::warn!("{what} changed: takes effect only after a restart");
+    }
+    backend::forget_tls_configs();
+    if let (Some(server), Some(fresh)) = (&shared.tls, tls) {
+        server.install(fresh);
+    }
+    shared.pam.reconfigure(&new.pam, &new.routes);
+    let routes = new.routes.len();
+    *shared
+        .config
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+    metrics::reload("ok");
+    tracing::info!(routes, "configuration reloaded");
+    true
+}
+
+/// Settings a running proxy cannot change: its sockets, thread pools and TLS on/off.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen.address != new.listen.address
+        || old.listen.ldaps_address != new.listen.ldaps_address
+    {
+        changed.push("listen address");
+    }
+    if old.pam.workers != new.pam.workers || old.pam.queue != new.pam.queue {
+        changed.push("pam.workers or pam.queue");
+    }
+    if old.runtime.worker_threads != new.runtime.worker_threads {
+        changed.push("runtime.worker_threads");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        changed.push("metrics.listen");
+    }
+    if old.tls.is_some() != new.tls.is_some() {
+        changed.push("[tls] presence");
+    }
+    changed
 }
 
 /// Accepts clients until `shutdown` is cancelled, then lets sessions finish their
 /// outstanding operations for up to the configured grace period.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let config = &shared.config;
+pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let config = shared.config();
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let sessions = TaskTracker::new();
+    let Listeners { plain, ldaps } = listeners;
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, over_tls) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+            accepted = plain.accept() => match accepted {
+                Ok((s, p)) => (s, p, false),
                 Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            accepted = accept_opt(ldaps.as_ref()) => match accepted {
+                Ok((s, p)) => (s, p, true),
+                Err(e) => {
+                    accept_failed(&e).await;
                     continue;
                 }
             },
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%peer, "refusing client: {} connections open", config.limits.max_connections);
-            sessions.spawn(refuse(stream));
+            if !over_tls {
+                sessions.spawn(refuse(stream));
+            }
+            // An LDAPS client would need a handshake to read the notice: just close.
             continue;
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
         }
-        let session = Session::new(stream, peer, Arc::clone(&shared), shutdown.clone());
+        let session = if over_tls {
+            let Some(acceptor) = shared.tls.as_ref().map(ServerTls::acceptor) else {
+                // The configuration requires [tls] for an LDAPS listener.
+                continue;
+            };
+            Session::new_ldaps(
+                stream,
+                &acceptor,
+                peer,
+                Arc::clone(&shared),
+                shutdown.clone(),
+            )
+        } else {
+            Session::new(stream, peer, Arc::clone(&shared), shutdown.clone())
+        };
         sessions.spawn(async move {
             session.run().await;
             drop(slot);
         });
     }
-    drop(listener);
+    drop(plain);
+    drop(ldaps);
     sessions.close();
     let open = sessions.len();
     tracing::info!(
@@ -90,6 +235,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             sessions.len()
         );
     }
+}
+
+/// Accepts on `listener`, or waits forever when there is none.
+async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Typically EMFILE: back off instead of spinning.
+async fn accept_failed(e: &std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
 /// Tells a client over the connection limit why it is turned away.

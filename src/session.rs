@@ -5,18 +5,25 @@
 //! what is buffered in both directions, then reads from whichever side has room. Reading
 //! stops on a side whose outgoing buffer is full, so a slow client slows its backend
 //! connection down (backpressure) instead of making the proxy buffer without bound.
+//!
+//! TLS: an LDAPS session starts with the handshake; a plain one may ask for it with
+//! StartTLS (RFC 4511 §4.14), which the proxy answers itself and then runs the handshake
+//! on the same TCP connection. Either way the session then reads and writes a
+//! [`ClientStream`] as before, with `tls` set.
 
-use crate::backend::{self, Unreachable};
+use crate::backend::{self, BackendStream, Unreachable};
 use crate::bind::{self, Outcome, SimpleBind, Trail, Triage};
-use crate::config::Identity;
+use crate::config::{Config, Identity};
 use crate::dn::Dn;
 use crate::frame::{self, op, Envelope, FrameError};
 use crate::message::{self, BindAuth};
+use crate::metrics;
 use crate::proto::{self, LdapError};
 use crate::secret::Password;
 use crate::server::Shared;
+use crate::tls::{self, ClientStream, Stream};
 use bytes::{Buf, Bytes, BytesMut};
-use ldap3_proto::proto::LdapResultCode;
+use ldap3_proto::proto::{LdapExtendedResponse, LdapMsg, LdapOp, LdapResult, LdapResultCode};
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
@@ -28,6 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_rustls::{Accept, TlsAcceptor};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -45,8 +53,20 @@ const OID_PASSWD_MODIFY: &[u8] = b"1.3.6.1.4.1.4203.1.11.1";
 const OID_PROXY_AUTHZ_V1: &[u8] = b"2.16.840.1.113730.3.4.12";
 const OID_PROXY_AUTHZ_V2: &str = "2.16.840.1.113730.3.4.18";
 
-type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, Unreachable>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<BackendStream, Unreachable>> + Send>>;
 type Deciding = Pin<Box<dyn Future<Output = (Outcome, Trail)> + Send>>;
+
+/// The client side of the session.
+enum Client {
+    Open(ClientStream),
+    /// The TLS handshake on the client's TCP connection (LDAPS, or after StartTLS).
+    Handshake {
+        accept: Box<Accept<TcpStream>>,
+        deadline: Pin<Box<Sleep>>,
+    },
+    /// Only while the stream moves from one state to the next.
+    Gone,
+}
 
 /// Who the session is, as far as the directory is concerned.
 enum Auth {
@@ -61,6 +81,14 @@ enum Auth {
         /// when requests run as the service account (`identity = "service"`).
         control: Option<Vec<u8>>,
     },
+}
+
+/// A bind the directory decides; the proxy only reports it.
+struct ForwardedBind {
+    msgid: i32,
+    dn: String,
+    reason: &'static str,
+    started: Instant,
 }
 
 /// A bind the proxy is deciding itself.
@@ -86,9 +114,10 @@ enum Link {
 }
 
 struct Backend {
-    stream: TcpStream,
+    stream: BackendStream,
     /// Bound as the proxy's service account: only a PAM-bound session may use it.
     as_service: bool,
+    _counted: metrics::BackendConnection,
     /// Bytes read from the backend and not yet passed to the client.
     inbuf: BytesMut,
     /// The response being streamed to the client and how many of its bytes are still to come.
@@ -109,7 +138,11 @@ enum Event {
     ClientGone(Option<io::Error>),
     BackendReadable,
     BackendGone(Option<io::Error>),
-    Connected(Result<TcpStream, Unreachable>),
+    Connected(Result<BackendStream, Unreachable>),
+    /// The StartTLS success response is written: time for the handshake.
+    StartTlsAnswered,
+    /// The TLS handshake ended.
+    Handshaken(io::Result<Box<tokio_rustls::server::TlsStream<TcpStream>>>),
     BindDecided(Outcome, Trail),
     ShutdownRequested,
     IdleCheck,
@@ -121,11 +154,19 @@ enum Event {
 pub struct Session {
     peer: SocketAddr,
     shared: Arc<Shared>,
-    client: TcpStream,
+    /// The configuration this session follows: taken when it starts, and again at each
+    /// bind so a reload's routes apply from the next bind on.
+    config: Arc<Config>,
+    client: Client,
     /// The client connection is protected by TLS.
     tls: bool,
+    /// StartTLS was answered with success: read nothing more from the client until the
+    /// handshake, which starts once that answer is written.
+    upgrading: bool,
     auth: Auth,
     pending: Option<PendingBind>,
+    /// A bind relayed for the directory to decide, logged when its answer passes.
+    forwarded: Option<ForwardedBind>,
     /// Requests received while a bind is pending, in order.
     held: VecDeque<(Envelope, Bytes)>,
     from_client: BytesMut,
@@ -145,25 +186,49 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for an accepted client connection.
+    /// A session for a client accepted on the plain listener.
     pub fn new(
         client: TcpStream,
         peer: SocketAddr,
         shared: Arc<Shared>,
         shutdown: CancellationToken,
     ) -> Self {
-        let idle = shared
-            .config
+        Session::with_client(Client::Open(Stream::Plain(client)), peer, shared, shutdown)
+    }
+
+    /// A session for a client accepted on the LDAPS listener: the TLS handshake comes
+    /// first, bounded by [`tls::HANDSHAKE_TIMEOUT`].
+    pub fn new_ldaps(
+        client: TcpStream,
+        acceptor: &TlsAcceptor,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Session::with_client(handshake(acceptor, client), peer, shared, shutdown)
+    }
+
+    fn with_client(
+        client: Client,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let config = shared.config();
+        let idle = config
             .limits
             .idle_timeout
             .map(|d| (d, Box::pin(tokio::time::sleep(d))));
         Session {
             peer,
             shared,
+            config,
             client,
             tls: false,
+            upgrading: false,
             auth: Auth::Directory,
             pending: None,
+            forwarded: None,
             held: VecDeque::new(),
             from_client: BytesMut::with_capacity(READ_CHUNK),
             to_client: BytesMut::new(),
@@ -182,6 +247,7 @@ impl Session {
     /// Serves the client until it leaves, the backend goes away, or shutdown completes.
     pub async fn run(mut self) {
         tracing::debug!(peer = %self.peer, "client connected");
+        metrics::client_connection(1.0);
         loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::ClientReadable => self.take_requests(),
@@ -194,6 +260,12 @@ impl Session {
                 Event::BackendReadable => self.take_responses(),
                 Event::BackendGone(err) => self.backend_lost(err),
                 Event::Connected(result) => self.connected(result),
+                Event::StartTlsAnswered => self.begin_handshake(),
+                Event::Handshaken(Ok(stream)) => self.handshaken(stream),
+                Event::Handshaken(Err(e)) => {
+                    tracing::info!(peer = %self.peer, "TLS handshake failed: {e}");
+                    break;
+                }
                 Event::BindDecided(outcome, trail) => self.bind_decided(outcome, trail),
                 Event::ShutdownRequested => {
                     self.draining = true;
@@ -203,21 +275,50 @@ impl Session {
                 Event::Finished => break,
             }
         }
+        if let Some(p) = self.pending.take().filter(|p| !p.abandoned) {
+            // Its PAM transaction runs on; a retry of the same bind joins it.
+            metrics::bind_abandoned();
+            tracing::info!(client = %self.peer, dn = %p.dn, "bind left pending: client disconnected");
+        }
+        metrics::client_connection(-1.0);
         tracing::debug!(peer = %self.peer, "client connection closed");
     }
 
     /// Moves bytes as far as they go without blocking and reports the first thing that
     /// needs the session's attention.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if let Err(e) = ready_or_pending(poll_write_all(&mut self.client, &mut self.to_client, cx))
-        {
-            return Poll::Ready(Event::ClientGone(Some(e)));
+        let client = match &mut self.client {
+            Client::Open(stream) => stream,
+            Client::Handshake { accept, deadline } => {
+                // Nothing else happens meanwhile: no operation is outstanding (StartTLS
+                // requires it) and the deadline bounds the wait.
+                if let Poll::Ready(result) = Pin::new(accept.as_mut()).poll(cx) {
+                    return Poll::Ready(Event::Handshaken(result.map(Box::new)));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Handshaken(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no handshake within {:?}", tls::HANDSHAKE_TIMEOUT),
+                    ))));
+                }
+                return Poll::Pending;
+            }
+            Client::Gone => return Poll::Ready(Event::Finished),
+        };
+        match poll_write_all(client, &mut self.to_client, cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientGone(Some(e))),
+            Poll::Ready(Ok(()))
+                if self.upgrading && self.ending.is_none() && self.local_pending.is_empty() =>
+            {
+                return Poll::Ready(Event::StartTlsAnswered);
+            }
+            _ => {}
         }
         if self.ending.is_some() {
             if !self.to_client.is_empty() {
                 return Poll::Pending;
             }
-            return match Pin::new(&mut self.client).poll_shutdown(cx) {
+            return match Pin::new(client).poll_shutdown(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => Poll::Ready(Event::Finished),
             };
@@ -236,7 +337,10 @@ impl Session {
                 {
                     return Poll::Ready(Event::BackendGone(Some(e)));
                 }
-                if self.to_client.len() < HIGH_WATER {
+                // While StartTLS is being answered, backend messages wait (nothing but
+                // the handshake may follow that answer in the clear), except the rest of
+                // one already being passed on, which the answer waits for.
+                if self.to_client.len() < HIGH_WATER && (!self.upgrading || b.streaming.is_some()) {
                     b.inbuf.reserve(READ_CHUNK);
                     match poll_read_buf(Pin::new(&mut b.stream), cx, &mut b.inbuf) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Event::BackendGone(None)),
@@ -255,9 +359,9 @@ impl Session {
         }
 
         if !self.draining {
-            if self.to_backend.len() < HIGH_WATER {
+            if self.to_backend.len() < HIGH_WATER && !self.upgrading {
                 self.from_client.reserve(READ_CHUNK);
-                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client) {
+                match poll_read_buf(Pin::new(client), cx, &mut self.from_client) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientGone(None)),
                     Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientReadable),
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientGone(Some(e))),
@@ -279,8 +383,8 @@ impl Session {
     /// Handles every complete request the client has sent.
     fn take_requests(&mut self) {
         self.last_activity = Instant::now();
-        let limit = self.shared.config.limits.max_message_size;
-        while self.ending.is_none() {
+        let limit = self.config.limits.max_message_size;
+        while self.ending.is_none() && !self.upgrading {
             let env = match frame::peek(&self.from_client, limit) {
                 Ok(Some(env)) if self.from_client.len() >= env.len => env,
                 Ok(_) => return,
@@ -292,6 +396,10 @@ impl Session {
     }
 
     fn on_request(&mut self, env: Envelope, msg: Bytes) {
+        if env.op == op::EXTENDED_REQUEST && is_starttls(&msg) {
+            // Never held behind a bind: a pending bind makes it fail at once.
+            return self.start_tls(env);
+        }
         if self.pending.is_none() && self.held.is_empty() {
             return self.dispatch(env, msg);
         }
@@ -312,6 +420,22 @@ impl Session {
     }
 
     fn dispatch(&mut self, env: Envelope, msg: Bytes) {
+        if !self.tls && self.config.listen.require_tls {
+            match env.op {
+                op::UNBIND_REQUEST => {}
+                // Nothing can be outstanding to abandon on this connection.
+                op::ABANDON_REQUEST => return,
+                _ => {
+                    return self.reply(
+                        env,
+                        &LdapError::new(
+                            LdapResultCode::ConfidentialityRequired,
+                            "this server requires TLS: use LDAPS or StartTLS first",
+                        ),
+                    )
+                }
+            }
+        }
         match env.op {
             op::UNBIND_REQUEST => {
                 // Pass the Unbind on so the directory logs an orderly close.
@@ -346,6 +470,10 @@ impl Session {
             return;
         };
         if let Some(p) = self.pending.as_mut().filter(|p| p.msgid == target) {
+            if !p.abandoned {
+                metrics::bind_abandoned();
+                tracing::info!(client = %self.peer, dn = %p.dn, "bind abandoned by the client; its PAM transaction continues");
+            }
             p.abandoned = true;
         } else if let Some(i) = self.held.iter().position(|(e, _)| e.msgid == target) {
             self.held.remove(i);
@@ -367,15 +495,16 @@ impl Session {
             self.to_backend.clear();
         }
         let Some(bind) = self.simple_bind(&msg) else {
-            return self.relay(env, &msg);
+            let dn = message::bind_request(&msg)
+                .map(|b| String::from_utf8_lossy(b.dn).into_owned())
+                .unwrap_or_default();
+            return self.forward_bind(env, &msg, dn, "not a simple bind with DN and password");
         };
-        let shared = &self.shared;
-        let candidates = match bind::triage(&shared.config, &bind.dn) {
-            Triage::NotOurs(why) => {
-                tracing::debug!(peer = %self.peer, dn = %bind.dn_text, "bind forwarded: {why}");
-                return self.relay(env, &msg);
-            }
-            Triage::Unmatched => match bind::unmatched(&shared.config, "no route in scope") {
+        self.config = self.shared.config();
+        let config = Arc::clone(&self.config);
+        let candidates = match bind::triage(&config, &bind.dn) {
+            Triage::NotOurs(why) => return self.forward_bind(env, &msg, bind.dn_text, why),
+            Triage::Unmatched => match bind::unmatched(&config, "no route in scope") {
                 bind::Plan::Reject(err) => {
                     log_bind(
                         self.peer,
@@ -387,11 +516,11 @@ impl Session {
                     );
                     return self.reply(env, &err);
                 }
-                _ => return self.relay(env, &msg),
+                _ => return self.forward_bind(env, &msg, bind.dn_text, "no route in scope"),
             },
             Triage::Candidates(c) => c,
         };
-        let shared = Arc::clone(shared);
+        let shared = Arc::clone(&self.shared);
         let (client, tls) = (self.peer.ip(), self.tls);
         let (dn, wants_authz_id, wants_ppolicy) = (
             bind.dn_text.clone(),
@@ -408,7 +537,7 @@ impl Session {
             abandoned: false,
             deciding: Box::pin(async move {
                 bind::authenticate(
-                    &shared.config,
+                    &config,
                     &shared.lookup,
                     &shared.pam,
                     bind,
@@ -456,9 +585,8 @@ impl Session {
         };
         match outcome {
             Outcome::Forward(why) => {
-                tracing::debug!(peer = %self.peer, dn = %p.dn, route = ?trail.route, "bind forwarded: {why}");
                 if !p.abandoned {
-                    self.relay(env, &p.request);
+                    self.forward_bind(env, &p.request, p.dn.clone(), why);
                 }
             }
             Outcome::Fail {
@@ -495,11 +623,12 @@ impl Session {
                     // Nobody is waiting for this session to become the user.
                     return self.release_held();
                 }
-                let identity = self.shared.config.bind.identity;
+                let identity = self.config.bind.identity;
                 let authz = format!("dn:{}", p.dn);
                 self.link = Link::Up(Backend {
                     stream: link,
                     as_service: true,
+                    _counted: metrics::BackendConnection::open(),
                     inbuf: BytesMut::with_capacity(READ_CHUNK),
                     streaming: None,
                 });
@@ -528,6 +657,18 @@ impl Session {
             }
         }
         self.release_held();
+    }
+
+    /// Relays a bind for the directory to decide; its result is logged as it passes back.
+    fn forward_bind(&mut self, env: Envelope, msg: &[u8], dn: String, reason: &'static str) {
+        metrics::bind_forwarded(reason);
+        self.forwarded = Some(ForwardedBind {
+            msgid: env.msgid,
+            dn,
+            reason,
+            started: Instant::now(),
+        });
+        self.relay(env, msg);
     }
 
     /// Relays a PAM-bound user's request so the directory applies the user's rights,
@@ -601,24 +742,33 @@ impl Session {
     }
 
     fn relay(&mut self, env: Envelope, msg: &[u8]) {
+        metrics::relayed(env.op);
         if op::response_to(env.op).is_some() {
             self.outstanding.insert(env.msgid, env.op);
+        } else if env.op == op::ABANDON_REQUEST {
+            // The client no longer waits for it (a persistent search, for one, would
+            // otherwise count as outstanding forever and block StartTLS).
+            if let Ok(target) = message::abandon_target(msg) {
+                self.outstanding.remove(&target);
+            }
         }
         self.to_backend.extend_from_slice(msg);
         if let Link::Idle = self.link {
-            let shared = Arc::clone(&self.shared);
-            self.link = Link::Connecting(Box::pin(async move {
-                backend::connect(&shared.config.backend).await
-            }));
+            let config = Arc::clone(&self.config);
+            self.link =
+                Link::Connecting(Box::pin(
+                    async move { backend::connect(&config.backend).await },
+                ));
         }
     }
 
-    fn connected(&mut self, result: Result<TcpStream, Unreachable>) {
+    fn connected(&mut self, result: Result<BackendStream, Unreachable>) {
         match result {
             Ok(stream) => {
                 self.link = Link::Up(Backend {
                     stream,
                     as_service: false,
+                    _counted: metrics::BackendConnection::open(),
                     inbuf: BytesMut::with_capacity(READ_CHUNK),
                     streaming: None,
                 });
@@ -669,8 +819,26 @@ impl Session {
                             .extend_from_slice(&self.local_pending.split());
                     }
                 }
+                // After a StartTLS answer, the next message goes out under TLS.
+                None if self.upgrading => return,
                 None => match frame::peek(&b.inbuf, usize::MAX) {
-                    Ok(Some(env)) => b.streaming = Some((env, env.len)),
+                    Ok(Some(env)) => {
+                        if env.op == op::BIND_RESPONSE
+                            && self
+                                .forwarded
+                                .as_ref()
+                                .is_some_and(|f| f.msgid == env.msgid)
+                        {
+                            let code = b
+                                .inbuf
+                                .get(..env.len)
+                                .and_then(|m| message::result_code(m).ok());
+                            if let Some(f) = self.forwarded.take() {
+                                log_forwarded_bind(self.peer, &f, code);
+                            }
+                        }
+                        b.streaming = Some((env, env.len));
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!(peer = %self.peer, "backend sent a malformed message: {e}");
@@ -703,6 +871,78 @@ impl Session {
         }
     }
 
+    /// StartTLS (RFC 4511 §4.14, RFC 4513 §3.1.1). Refusals leave the connection as it
+    /// was: protocolError when the proxy has no certificate ("does not support TLS ...
+    /// by current configuration"), operationsError when TLS is already established or
+    /// other operations are outstanding. Bytes sent after the request, before the
+    /// handshake, are a protocol violation: they could only be read in the clear as if
+    /// they had been protected, so the connection is closed.
+    fn start_tls(&mut self, env: Envelope) {
+        let refusal = if self.shared.tls.is_none() {
+            Some(LdapError::new(
+                LdapResultCode::ProtocolError,
+                "StartTLS is not available: the proxy has no TLS certificate configured",
+            ))
+        } else if self.tls {
+            Some(LdapError::new(
+                LdapResultCode::OperationsError,
+                "TLS is already established on this connection",
+            ))
+        } else if self.pending.is_some() || !self.held.is_empty() || !self.outstanding.is_empty() {
+            Some(LdapError::new(
+                LdapResultCode::OperationsError,
+                "StartTLS while other operations are outstanding",
+            ))
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            tracing::debug!(peer = %self.peer, "StartTLS refused: {}", err.message);
+            return self.send_local(&starttls_response(env.msgid, &err));
+        }
+        if !self.from_client.is_empty() {
+            tracing::info!(peer = %self.peer, "closing client connection: data sent after StartTLS, before the TLS handshake");
+            return self.disconnect(LdapError::new(
+                LdapResultCode::ProtocolError,
+                "data sent after the StartTLS request before the TLS handshake",
+            ));
+        }
+        self.send_local(&starttls_response(env.msgid, &LdapError::success()));
+        self.upgrading = true;
+    }
+
+    /// The StartTLS answer is written: the handshake runs on the same TCP connection.
+    fn begin_handshake(&mut self) {
+        self.upgrading = false;
+        let acceptor = self.shared.tls.as_ref().map(|t| t.acceptor());
+        match (std::mem::replace(&mut self.client, Client::Gone), acceptor) {
+            (Client::Open(Stream::Plain(tcp)), Some(acceptor)) => {
+                self.client = handshake(&acceptor, tcp);
+            }
+            // Cannot happen (StartTLS was accepted only on a plain connection with TLS
+            // configured); ending the session is the safe answer.
+            (other, _) => {
+                self.client = other;
+                self.ending = Some(Ending::Quiet);
+            }
+        }
+    }
+
+    fn handshaken(&mut self, stream: Box<tokio_rustls::server::TlsStream<TcpStream>>) {
+        let (_, conn) = stream.get_ref();
+        tracing::debug!(
+            peer = %self.peer,
+            version = ?conn.protocol_version(),
+            suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+            "TLS established"
+        );
+        self.client = Client::Open(Stream::Tls(stream));
+        self.tls = true;
+        self.last_activity = Instant::now();
+        // Backend messages that arrived during the upgrade go out now, under TLS.
+        self.take_responses();
+    }
+
     fn protocol_error(&mut self, e: &FrameError) {
         tracing::info!(peer = %self.peer, "closing client connection: {e}");
         self.disconnect(LdapError::new(LdapResultCode::ProtocolError, e.to_string()));
@@ -728,6 +968,11 @@ impl Session {
 
     fn end_if_drained(&mut self) {
         if self.draining && self.outstanding.is_empty() {
+            if self.upgrading {
+                // A notice in the clear cannot follow a StartTLS success.
+                self.ending = Some(Ending::Quiet);
+                return;
+            }
             self.disconnect(LdapError::new(
                 LdapResultCode::Unavailable,
                 "the proxy is shutting down",
@@ -751,6 +996,36 @@ impl Session {
     }
 }
 
+/// Starts the TLS handshake on `tcp`, with its deadline.
+fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream) -> Client {
+    Client::Handshake {
+        accept: Box::new(acceptor.accept(tcp)),
+        deadline: Box::pin(tokio::time::sleep(tls::HANDSHAKE_TIMEOUT)),
+    }
+}
+
+/// Whether an ExtendedRequest is StartTLS.
+fn is_starttls(msg: &[u8]) -> bool {
+    message::extended_oid(msg).is_ok_and(|oid| oid == tls::OID_STARTTLS.as_bytes())
+}
+
+/// The StartTLS response: an ExtendedResponse named like the request (RFC 4511 §4.14.2).
+fn starttls_response(msgid: i32, err: &LdapError) -> Bytes {
+    proto::encode(LdapMsg::new(
+        msgid,
+        LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: LdapResult {
+                code: err.code.clone(),
+                matcheddn: String::new(),
+                message: err.message.clone(),
+                referral: Vec::new(),
+            },
+            name: Some(tls::OID_STARTTLS.to_owned()),
+            value: None,
+        }),
+    ))
+}
+
 /// The root DSE (base scope) and the subschema entry.
 fn is_public_base(base: &[u8], scope: u8) -> bool {
     if base.is_empty() {
@@ -762,6 +1037,20 @@ fn is_public_base(base: &[u8], scope: u8) -> bool {
         .is_some_and(|d| d.to_string() == "cn=schema")
 }
 
+/// One line per bind the directory decided (`code` as it answered).
+fn log_forwarded_bind(peer: SocketAddr, f: &ForwardedBind, code: Option<u32>) {
+    tracing::info!(
+        client = %peer,
+        dn = %f.dn,
+        route = "-",
+        service = "-",
+        result = code.map_or_else(|| "?".to_owned(), |c| c.to_string()),
+        ms = f.started.elapsed().as_millis() as u64,
+        detail = %format!("forwarded: {}", f.reason),
+        "bind"
+    );
+}
+
 /// One line per bind the proxy decided: never the password.
 fn log_bind(
     peer: SocketAddr,
@@ -771,10 +1060,12 @@ fn log_bind(
     started: Instant,
     abandoned: bool,
 ) {
+    let route = trail.route.as_deref().unwrap_or("-");
+    metrics::bind_decided(route, &format!("{code:?}"), started.elapsed().as_secs_f64());
     tracing::info!(
         client = %peer,
         dn,
-        route = trail.route.as_deref().unwrap_or("-"),
+        route,
         service = trail.service.as_deref().unwrap_or("-"),
         result = ?code,
         ms = started.elapsed().as_millis() as u64,

@@ -44,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 
 start=$(date +%s)
-tests/ds/ds.sh create "$name" "$(free_port)" "$state"
+tests/ds/ds.sh create "$name" "$(free_port)" "$state" --tls-port "$(free_port)"
 export LPP_DS_ENV="$state/ds.env"
 echo "389 DS instance $name ready in $(( $(date +%s) - start ))s"
 

@@ -3,8 +3,9 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ldap_pam_proxy::config::Config;
-use ldap_pam_proxy::server;
+use ldap_pam_proxy::{metrics, server};
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -101,6 +102,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         // Handlers go in before the proxy says it listens, so a signal sent from then on
         // is never the default action (SIGHUP would end the process).
         let signals = Signals::install().context("cannot install signal handlers")?;
+        if let Some(addr) = shared.config().metrics_listen {
+            start_metrics(addr, &shared).await?;
+        }
         let shutdown = CancellationToken::new();
         let local = listeners
             .plain_addr()
@@ -115,6 +119,40 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`, and watches the backend for them.
+async fn start_metrics(addr: SocketAddr, shared: &Arc<server::Shared>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let bound = listener
+        .local_addr()
+        .context("metrics socket has no address")?;
+    let handle = metrics::install().map_err(anyhow::Error::msg)?;
+    let health = Arc::new(metrics::Health::default());
+    tokio::spawn(watch_backend(Arc::clone(shared), Arc::clone(&health)));
+    let pool = Arc::clone(shared);
+    tokio::spawn(metrics::serve(
+        listener,
+        handle,
+        move || pool.pam.pool().stats(),
+        health,
+    ));
+    tracing::info!(metrics = %bound, "metrics listening");
+    Ok(())
+}
+
+/// Checks every few seconds that a backend accepts connections, for `/readyz` and the
+/// `ldap_pam_proxy_backend_up` gauge.
+async fn watch_backend(shared: Arc<server::Shared>, health: Arc<metrics::Health>) {
+    loop {
+        let up = ldap_pam_proxy::backend::connect(&shared.config().backend)
+            .await
+            .is_ok();
+        health.set_backend_up(up);
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
 
 /// The signals the proxy acts on: SIGTERM and SIGINT stop it gracefully, SIGHUP reloads.

@@ -132,10 +132,18 @@ impl PamGate {
         &self.pool
     }
 
-    fn key(&self, route: &str, identity: &str, password: &Password) -> Key {
+    /// The PAM service is part of the key along with the route: a reload may point a
+    /// route elsewhere, and a result from the old service must not answer for the new.
+    fn key(&self, route: &Route, identity: &str, password: &Password) -> Key {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .expect("HMAC takes keys of any length");
-        for part in [route.as_bytes(), identity.as_bytes(), password.as_bytes()] {
+        let parts = [
+            route.name.as_bytes(),
+            route.pam_service.as_bytes(),
+            identity.as_bytes(),
+            password.as_bytes(),
+        ];
+        for part in parts {
             // Length-prefixed, so ("ab","c") and ("a","bc") differ.
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -153,7 +161,7 @@ impl PamGate {
         rhost: Option<String>,
     ) -> Attempt {
         let deadline = tokio::time::Instant::now() + route.timeout;
-        let key = self.key(&route.name, identity, &password);
+        let key = self.key(route, identity, &password);
         let max_per_minute = self
             .settings
             .lock()

@@ -159,6 +159,53 @@ impl Proxy {
         })
     }
 
+    /// The configuration file the proxy reads (again on SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("proxy.toml")
+    }
+
+    /// The address `[metrics] listen` bound, from the proxy's log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("metrics listening"))
+            .unwrap_or_else(|| panic!("no metrics listener:\n{log}"));
+        line.split("metrics=")
+            .nth(1)
+            .expect("metrics=")
+            .trim()
+            .parse()
+            .expect("address")
+    }
+
+    /// GET `path` from the metrics listener: (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(self.metrics_addr()).expect("connect metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read metrics");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
+    }
+
+    /// The value of the metric line that starts with `series` (name and labels), if any.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     pub fn uri(&self) -> String {
         format!("ldap://{}", self.addr)
     }

@@ -177,3 +177,37 @@ fn sighup_reloads_routes_and_refuses_a_broken_file() {
         Some(1.0)
     );
 }
+
+/// A password never reaches the logs, whatever happens to the bind: refused by PAM,
+/// forwarded and refused by the directory, or cut off by its deadline. The proxy runs
+/// at debug level here, PAM conversation messages included.
+#[test]
+fn passwords_never_reach_the_logs() {
+    let marker = "Zx9-secret-marker-7Qw";
+    let pam = PamSetup::new(PASSDB);
+    pam.set_duo_delay(2);
+    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"1s\""));
+    // PAM says no (after the deadline, the transaction still ends with AUTH_ERR).
+    let mut c = start_bind(&proxy, "bob", marker);
+    assert_eq!(bind_result(&mut c), LdapResultCode::Unavailable);
+    // The directory says no (a forwarded bind).
+    let out = ldap_tool(
+        "ldapwhoami",
+        &proxy.uri(),
+        &["-x", "-D", &user("noposix"), "-w", marker],
+    );
+    assert_eq!(out.code, 49);
+    // The guard says no, while bob's transaction is still running.
+    let mut c = start_bind(&proxy, "bob", &format!("{marker}-2"));
+    assert_eq!(bind_result(&mut c), LdapResultCode::Busy);
+    assert!(eventually(Duration::from_secs(10), || proxy.metric(
+        "ldap_pam_proxy_pam_transactions_total{service=\"duo\",outcome=\"auth_err\"}"
+    ) == Some(1.0)));
+    let (_, metrics) = proxy.http_get("/metrics");
+    for (what, text) in [("log", proxy.log()), ("metrics", metrics)] {
+        assert!(
+            !text.contains("secret-marker"),
+            "the password is in the {what}:\n{text}"
+        );
+    }
+}

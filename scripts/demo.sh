@@ -4,7 +4,9 @@
 # (a simulated Duo push and a password check), and the proxy in front of them.
 #
 #   scripts/demo.sh [--reset]   # install deps, build, start 389 (created on first use) and
-#                               # the proxy on 127.0.0.1:1389, print what to try.
+#                               # the proxy on 127.0.0.1:1389 (LDAP + StartTLS) and
+#                               # 127.0.0.1:1636 (LDAPS), metrics on 127.0.0.1:9090,
+#                               # print what to try.
 #                               # Rerunning reuses the 389 instance and restarts the proxy;
 #                               # --reset first deletes the instance and all demo state.
 #   scripts/demo.sh status      # is the demo running?
@@ -12,7 +14,8 @@
 #   scripts/demo.sh remove      # stop both and delete the instance and all demo state
 #
 # Everything lives in /var/lib/ldap-pam-proxy-demo: ds/ (389 state: ds.env, passwords),
-# pam.d/ (the PAM services), pam/ (their data), ldap-pam-proxy.toml, proxy.pid, proxy.log;
+# pam.d/ (the PAM services), pam/ (their data), tls/ (demo CA and the proxy's certificate:
+# clients use LDAPTLS_CACERT=tls/ca.crt), ldap-pam-proxy.toml, proxy.pid, proxy.log;
 # the 389 instance itself is slapd-lpp-demo (/etc/dirsrv, /var/lib/dirsrv). Nothing in
 # /etc/pam.d is touched: the proxy runs with LD_PRELOAD=libpam_wrapper.so, which makes
 # its libpam read the PAM services from the demo's own directory.
@@ -34,6 +37,9 @@ readonly DEMO_DS_PORT=3389   # not DS_PORT: ds.env, sourced below, sets that
 readonly PROXY_HOST=127.0.0.1
 readonly PROXY_PORT=1389
 readonly PROXY_URI="ldap://$PROXY_HOST:$PROXY_PORT"
+readonly LDAPS_PORT=1636
+readonly LDAPS_URI="ldaps://$PROXY_HOST:$LDAPS_PORT"
+readonly METRICS="$PROXY_HOST:9090"
 readonly DUO_DELAY=${DEMO_DUO_DELAY:-3}
 
 # Layout
@@ -44,6 +50,7 @@ readonly PAM_STATE=$STATE/pam               # passdb, duo-delay, duo-pushes, duo
 readonly CONFIG=$STATE/ldap-pam-proxy.toml
 readonly PIDFILE=$STATE/proxy.pid
 readonly LOGFILE=$STATE/proxy.log
+readonly TLS_DIR=$STATE/tls                 # ca.crt (trust this), proxy.crt, proxy.key
 
 readonly PAM_WRAPPER_LIB=/usr/lib/x86_64-linux-gnu/libpam_wrapper.so
 readonly PAM_MATRIX=/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so
@@ -228,6 +235,24 @@ EOF
     done
 }
 
+# A demo CA and a certificate for the proxy (127.0.0.1, localhost), made once.
+certificates() {
+    [[ -s $TLS_DIR/proxy.crt && -s $TLS_DIR/proxy.key && -s $TLS_DIR/ca.crt ]] && return 0
+    install -d -m 0700 "$TLS_DIR"
+    log "making a demo CA and the proxy's certificate in $TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=ldap-pam-proxy demo CA" \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt" 2>/dev/null \
+        || die "openssl could not make the demo CA"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$TLS_DIR/proxy.key" -out "$TLS_DIR/proxy.csr" 2>/dev/null \
+        || die "openssl could not make the proxy's key"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n' >"$TLS_DIR/ext.cnf"
+    openssl x509 -req -in "$TLS_DIR/proxy.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 825 -extfile "$TLS_DIR/ext.cnf" -out "$TLS_DIR/proxy.crt" 2>/dev/null \
+        || die "openssl could not sign the proxy's certificate"
+    chmod 0644 "$TLS_DIR/ca.crt"
+}
+
 write_config() {
     # shellcheck disable=SC1091
     . "$DS_STATE/ds.env"
@@ -237,6 +262,11 @@ write_config() {
 
 [listen]
 address = "$PROXY_HOST:$PROXY_PORT"
+ldaps_address = "$PROXY_HOST:$LDAPS_PORT"
+
+[tls]
+certificate = "$TLS_DIR/proxy.crt"
+key = "$TLS_DIR/proxy.key"
 
 [backend]
 uris = ["$DS_URI"]
@@ -252,17 +282,14 @@ exclude_suffixes = ["cn=config"]
 # The routes of the 389 "PAM Pass Through Auth" setup this replaces
 # (examples/389-pam-passthru.ldif): internal users get the Duo service,
 # users whose home directory is /home/<uid>@<institution> their home institution's.
-#
-# secure = false on both routes: TLS (LDAPS / StartTLS) is not implemented in the
-# proxy yet, so the demo listens in clear text on loopback. With the default
-# secure = true every PAM bind here would get confidentialityRequired (13).
+# Both routes are secure (the default): a PAM bind needs LDAPS or StartTLS, and one in
+# clear text gets confidentialityRequired (13) before any push is sent.
 [[route]]
 name = "duo"
 filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
 pam_service = "duo"
 id_map = ["rdn", "entry"]
 id_attr = "uid"
-secure = false
 timeout = "30s"
 
 [[route]]
@@ -271,7 +298,6 @@ filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
 pam_service = "csu"
 id_map = ["rdn", "entry"]
 id_attr = "uid"
-secure = false
 timeout = "30s"
 
 [pam]
@@ -280,6 +306,9 @@ queue = 64
 
 [limits]
 shutdown_grace = "5s"
+
+[metrics]
+listen = "$METRICS"
 EOF
     "$BIN" check-config "$CONFIG" >/dev/null || die "the demo configuration $CONFIG does not pass check-config (error above)"
 }
@@ -290,7 +319,9 @@ print_try() {
     cat <<EOF
 
 ldap-pam-proxy demo is running:
-  proxy      $PROXY_URI   (pid $(<"$PIDFILE"), log $LOGFILE)
+  proxy      $PROXY_URI (StartTLS) and $LDAPS_URI   (pid $(<"$PIDFILE"), log $LOGFILE)
+  TLS        trust the demo CA: export LDAPTLS_CACERT=$TLS_DIR/ca.crt
+  metrics    http://$METRICS/metrics  (and /healthz, /readyz)
   389 DS     $DS_URI   (instance slapd-$INSTANCE, suffix $DS_SUFFIX)
   config     $CONFIG
   PAM        services $PAM_SERVICES/{duo,csu} under pam_wrapper; passwords in $PAM_STATE/passdb;
@@ -300,18 +331,26 @@ Try:
   # anonymous search, relayed to 389
   ldapsearch -x -H $PROXY_URI -b $DS_SUFFIX '(uid=alice)'
 
-  # alice is an internal user: duo route, PAM service "duo"; takes ~${DUO_DELAY} s (the simulated push)
-  ldapwhoami -x -H $PROXY_URI -D uid=alice,ou=People,$DS_SUFFIX -w alice-duo-pw
+  export LDAPTLS_CACERT=$TLS_DIR/ca.crt
 
-  # erin's home directory is /home/erin@colostate.edu: csu route, PAM service "csu"
+  # alice is an internal user: duo route, PAM service "duo"; takes ~${DUO_DELAY} s (the simulated push)
+  ldapwhoami -x -ZZ -H $PROXY_URI -D uid=alice,ou=People,$DS_SUFFIX -w alice-duo-pw
+
+  # erin's home directory is /home/erin@colostate.edu: csu route, PAM service "csu"; over LDAPS
+  ldapwhoami -x -H $LDAPS_URI -D uid=erin,ou=People,$DS_SUFFIX -w erin-csu-pw
+
+  # the same bind in clear text is refused before PAM: confidentialityRequired (13)
   ldapwhoami -x -H $PROXY_URI -D uid=erin,ou=People,$DS_SUFFIX -w erin-csu-pw
 
   # noposix matches no route: the bind is forwarded, 389 checks its own password
   ldapwhoami -x -H $PROXY_URI -D uid=noposix,ou=People,$DS_SUFFIX -w noposix-dirpw
 
   # two identical binds at once share one push (one new line in duo-pushes)
-  for i in 1 2; do ldapwhoami -x -H $PROXY_URI -D uid=bob,ou=People,$DS_SUFFIX -w bob-duo-pw & done; wait
+  for i in 1 2; do ldapwhoami -x -H $LDAPS_URI -D uid=bob,ou=People,$DS_SUFFIX -w bob-duo-pw & done; wait
   tail -n 2 $PAM_STATE/duo-pushes
+
+  # the PAM worker pool, binds by route and result
+  curl -s http://$METRICS/metrics | grep -E '^ldap_pam_proxy_(pam_workers|binds_total)' 
 
 PAM users: alice bob carol dave (duo, <uid>-duo-pw), erin frank grace (csu, <uid>-csu-pw).
 Push delay: echo 10 > $PAM_STATE/duo-delay
@@ -352,6 +391,7 @@ cmd_up() {
     fi
     directory
     pam_services
+    certificates
     write_config
     start_proxy "$BIN"
     print_try

@@ -19,7 +19,7 @@ PACKAGES=(
     # pam_wrapper for tests, pamtester for manual checks.
     libpam0g libpam-modules libpam0g-dev libclang-dev libpam-wrapper pamtester
     # Build and harness tools.
-    gcc libc6-dev pkg-config openssl ca-certificates procps coreutils
+    gcc libc6-dev pkg-config openssl ca-certificates procps coreutils curl
 )
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (apt-get and /usr/share/dirsrv are root-owned)"

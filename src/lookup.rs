@@ -2,9 +2,9 @@
 //! which route filters it matches. The directory evaluates the filters, so matching
 //! follows exactly its rules (syntaxes, matching rules, ACIs).
 //!
-//! One lookup pipelines a base search for the entry (existence, `nsAccountLock`, the
-//! identity attributes) and one base search per candidate route filter, on a connection
-//! from a small shared pool of service-bound connections.
+//! One lookup makes a base search for the entry (existence, `nsAccountLock`, the identity
+//! attributes), then one base search per candidate route filter, on a connection from a
+//! small shared pool of service-bound connections.
 
 use crate::backend::{self, BackendStream, ServiceBindError};
 use crate::config::{BackendConfig, Route};
@@ -141,95 +141,92 @@ impl Conn {
         id
     }
 
+    /// One base search per question, each waiting for its answer: 389 DS serves a
+    /// request that arrives behind another in the same packet only at its next poll
+    /// wakeup (measured here: 100–200 ms per pipelined lookup), while a lone base
+    /// search takes about 0.2 ms.
     async fn query(
         &mut self,
         dn: &str,
         routes: &[&Route],
         attrs: &[&str],
     ) -> Result<Option<EntryFacts>, LookupError> {
-        let io = |e: std::io::Error| LookupError::Io(e.to_string());
         let mut wanted: Vec<String> = vec!["nsAccountLock".into()];
         wanted.extend(attrs.iter().map(|a| a.to_string()));
-        let entry_id = self.take_id();
-        let mut out = BytesMut::new();
-        out.extend_from_slice(&proto::encode(base_search(
-            entry_id,
-            dn,
-            LdapFilter::Present("objectClass".into()),
-            wanted,
-        )));
-        let route_ids: Vec<i32> = routes
-            .iter()
-            .map(|r| {
-                let id = self.take_id();
-                let filter = r
-                    .filter
-                    .clone()
-                    .unwrap_or(LdapFilter::Present("objectClass".into()));
-                out.extend_from_slice(&proto::encode(base_search(
-                    id,
-                    dn,
-                    filter,
-                    vec!["1.1".into()],
-                )));
-                id
-            })
-            .collect();
-        self.stream.write_all(&out).await.map_err(io)?;
-
-        let mut found: HashMap<i32, Option<HashMap<String, Vec<String>>>> = HashMap::new();
-        let mut done: HashMap<i32, LdapResultCode> = HashMap::new();
-        while done.len() < 1 + route_ids.len() {
-            let msg = loop {
-                match backend::decode_one(&mut self.buf).map_err(LookupError::Io)? {
-                    Some(m) => break m,
-                    None => {
-                        if self.stream.read_buf(&mut self.buf).await.map_err(io)? == 0 {
-                            return Err(LookupError::Io("directory closed the connection".into()));
-                        }
-                    }
-                }
-            };
-            match msg.op {
-                LdapOp::SearchResultEntry(e) => {
-                    let attrs = e
-                        .attributes
-                        .into_iter()
-                        .map(|a| {
-                            let values = a
-                                .vals
-                                .into_iter()
-                                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                                .collect();
-                            (a.atype.to_ascii_lowercase(), values)
-                        })
-                        .collect();
-                    found.insert(msg.msgid, Some(attrs));
-                }
-                LdapOp::SearchResultDone(r) => {
-                    done.insert(msg.msgid, r.code.clone());
-                    match r.code {
-                        LdapResultCode::Success | LdapResultCode::NoSuchObject => {}
-                        other => {
-                            return Err(LookupError::Refused(format!("{other:?}: {}", r.message)))
-                        }
-                    }
-                }
-                // Referrals and notices: not something a lookup can use.
-                _ => {}
-            }
-        }
-        let Some(Some(attrs)) = found.remove(&entry_id) else {
+        let any = LdapFilter::Present("objectClass".into());
+        let Some(attrs) = self.base(dn, any.clone(), wanted).await? else {
             return Ok(None);
         };
+        let mut matched = Vec::with_capacity(routes.len());
+        for route in routes {
+            let filter = route.filter.clone().unwrap_or_else(|| any.clone());
+            matched.push(self.base(dn, filter, vec!["1.1".into()]).await?.is_some());
+        }
         let locked = attrs
             .get("nsaccountlock")
             .is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case("true")));
         Ok(Some(EntryFacts {
             locked,
             attrs,
-            matched: route_ids.iter().map(|id| found.contains_key(id)).collect(),
+            matched,
         }))
+    }
+
+    /// A base search of `dn`: its attributes when the entry matches `filter`, `None`
+    /// when it does not match or does not exist.
+    async fn base(
+        &mut self,
+        dn: &str,
+        filter: LdapFilter,
+        attrs: Vec<String>,
+    ) -> Result<Option<HashMap<String, Vec<String>>>, LookupError> {
+        let io = |e: std::io::Error| LookupError::Io(e.to_string());
+        let id = self.take_id();
+        self.stream
+            .write_all(&proto::encode(base_search(id, dn, filter, attrs)))
+            .await
+            .map_err(io)?;
+        let mut found = None;
+        loop {
+            let msg = match backend::decode_one(&mut self.buf).map_err(LookupError::Io)? {
+                Some(m) => m,
+                None => {
+                    if self.stream.read_buf(&mut self.buf).await.map_err(io)? == 0 {
+                        return Err(LookupError::Io("directory closed the connection".into()));
+                    }
+                    continue;
+                }
+            };
+            if msg.msgid != id {
+                // Referrals and notices: not something a lookup can use.
+                continue;
+            }
+            match msg.op {
+                LdapOp::SearchResultEntry(e) => {
+                    found = Some(
+                        e.attributes
+                            .into_iter()
+                            .map(|a| {
+                                let values = a
+                                    .vals
+                                    .into_iter()
+                                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                                    .collect();
+                                (a.atype.to_ascii_lowercase(), values)
+                            })
+                            .collect(),
+                    );
+                }
+                LdapOp::SearchResultDone(r) => {
+                    return match r.code {
+                        LdapResultCode::Success => Ok(found),
+                        LdapResultCode::NoSuchObject => Ok(None),
+                        other => Err(LookupError::Refused(format!("{other:?}: {}", r.message))),
+                    };
+                }
+                _ => {}
+            }
+        }
     }
 }
 

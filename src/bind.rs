@@ -138,6 +138,22 @@ pub async fn check_suffixes(config: &Config) -> Result<(), String> {
     }
 }
 
+/// The routes of `candidates` (in order) and the entry attributes their `id_map` needs:
+/// what a bind (or `explain`) asks the directory about.
+pub fn lookup_request<'c>(
+    config: &'c Config,
+    candidates: &[usize],
+) -> (Vec<&'c Route>, Vec<&'c str>) {
+    let routes: Vec<&Route> = candidates.iter().map(|i| &config.routes[*i]).collect();
+    let mut attrs: Vec<&str> = Vec::new();
+    for r in routes.iter().filter(|r| r.id_map.contains(&IdMap::Entry)) {
+        if !attrs.iter().any(|a| a.eq_ignore_ascii_case(&r.id_attr)) {
+            attrs.push(r.id_attr.as_str());
+        }
+    }
+    (routes, attrs)
+}
+
 /// What to do once the directory has answered the lookup.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -349,13 +365,7 @@ pub async fn authenticate(
     tls: bool,
 ) -> (Outcome, Trail) {
     let mut trail = Trail::default();
-    let routes: Vec<&Route> = candidates.iter().map(|i| &config.routes[*i]).collect();
-    let mut attrs: Vec<&str> = routes
-        .iter()
-        .filter(|r| r.id_map.contains(&IdMap::Entry))
-        .map(|r| r.id_attr.as_str())
-        .collect();
-    attrs.dedup();
+    let (routes, attrs) = lookup_request(config, &candidates);
     let facts = match lookup
         .lookup(&config.backend, &bind.dn_text, &routes, &attrs)
         .await

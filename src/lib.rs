@@ -7,10 +7,13 @@
 
 pub mod backend;
 pub mod bind;
+pub mod check;
 pub mod config;
 pub mod dn;
+pub mod explain;
 pub mod filter;
 pub mod frame;
+pub mod import389;
 pub mod lookup;
 pub mod message;
 pub mod metrics;

@@ -40,9 +40,33 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file and exit: 0 when valid, 1 with the errors otherwise.
+    ///
+    /// Also checks that every route's PAM service file exists (in $PAM_WRAPPER_SERVICE_DIR
+    /// when set, else /etc/pam.d or /usr/lib/pam.d) and warns about readable secrets.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+    },
+    /// Turn a 389 DS "PAM Pass Through Auth" plugin configuration (LDIF) into routes.
+    ///
+    /// Prints [bind] and [[route]] tables (TOML) on stdout, in 389's evaluation order,
+    /// and on stderr what could not be carried over as 389 had it.
+    #[command(name = "import-389")]
+    Import389 {
+        /// LDIF holding cn=PAM Pass Through Auth,cn=plugins,cn=config and the entries
+        /// below it (an ldapsearch export of that subtree, or dse.ldif).
+        file: PathBuf,
+    },
+    /// Show what the proxy would do with a simple bind as DN, without authenticating.
+    ///
+    /// Asks the directory (as the service account) which routes the entry matches, and
+    /// prints the scope, route, PAM service, identities, lock status and decision.
+    Explain {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The bind DN.
+        dn: String,
     },
 }
 
@@ -51,9 +75,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::CheckConfig { file } => Config::load(&file)
-            .map(|_| println!("{}: OK", file.display()))
-            .map_err(Into::into),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Import389 { file } => import_389(&file),
+        Command::Explain { config, dn } => explain(&config, &dn),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +86,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `check-config`: warnings and errors on stderr, `FILE: OK` on stdout when valid.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let report = ldap_pam_proxy::check::check_config(file);
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if report.ok() {
+        println!("{}: OK", file.display());
+        return Ok(());
+    }
+    for e in &report.errors {
+        eprintln!("{e}");
+    }
+    anyhow::bail!("{}: {} error(s)", file.display(), report.errors.len())
+}
+
+/// `import-389`: the TOML on stdout, warnings on stderr.
+fn import_389(file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let imported = ldap_pam_proxy::import389::import_389(&text, &file.display().to_string())?;
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", imported.toml);
+    Ok(())
+}
+
+/// `explain`: one fact per line on stdout.
+fn explain(config: &std::path::Path, dn: &str) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    for line in ldap_pam_proxy::explain::explain_blocking(&config, dn)? {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

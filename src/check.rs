@@ -1,0 +1,232 @@
+//! `check-config`: everything [`Config::load`] validates (syntax, keys, values, filters,
+//! readable files, each with its line), and what only the host can tell: that every
+//! route's PAM service exists and that secrets are not readable by every local user.
+//!
+//! [`Config::load`] stops at the first error; this check goes on with what it can read
+//! on its own (route filters, PAM services, the service password file), so one run
+//! lists every error it can find.
+
+use crate::config::{Config, ConfigError};
+use serde::Deserialize;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// What `check-config` found. The configuration is usable when `errors` is empty.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// `file:line: message`, in file order.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Where PAM looks for service files, in order: `$PAM_WRAPPER_SERVICE_DIR` when set (the
+/// test harness runs the proxy under pam_wrapper), else `/etc/pam.d` and then the vendor
+/// directory `/usr/lib/pam.d` (Debian's libpam reads both).
+pub fn pam_service_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("PAM_WRAPPER_SERVICE_DIR") {
+        Some(d) if !d.is_empty() => vec![PathBuf::from(d)],
+        _ => vec![PathBuf::from("/etc/pam.d"), PathBuf::from("/usr/lib/pam.d")],
+    }
+}
+
+/// The file PAM reads for `service` in `dirs` (see [`pam_service_dirs`]), if there is
+/// one. Linux-PAM lower-cases the service name before it looks.
+pub fn find_pam_service(service: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    let name = service.to_ascii_lowercase();
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file())
+}
+
+/// Why a missing PAM service matters: Linux-PAM does not fail on one.
+pub fn missing_service_explanation(service: &str, dirs: &[PathBuf]) -> String {
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let other = dirs
+        .first()
+        .map(|d| d.join("other").display().to_string())
+        .unwrap_or_else(|| "/etc/pam.d/other".into());
+    format!(
+        "no PAM service file '{}' in {}. Linux-PAM does not refuse a missing service: it silently uses {other}, which on Debian includes common-auth, i.e. the local Unix accounts — binds on this route would be checked against local passwords instead of '{service}'",
+        service.to_ascii_lowercase(),
+        shown.join(" or ")
+    )
+}
+
+/// Just the keys this check looks at, with their positions; everything else is ignored
+/// here (Config::parse judges it).
+#[derive(Deserialize)]
+struct Lenient {
+    backend: Option<LenientBackend>,
+    tls: Option<LenientTls>,
+    #[serde(default)]
+    route: Vec<LenientRoute>,
+}
+
+#[derive(Deserialize)]
+struct LenientBackend {
+    service_password_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct LenientTls {
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct LenientRoute {
+    name: Option<Spanned<String>>,
+    filter: Option<Spanned<String>>,
+    pam_service: Option<Spanned<String>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// Checks the configuration file at `path`, with PAM services in [`pam_service_dirs`].
+pub fn check_config(path: &Path) -> CheckReport {
+    let origin = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(source) => {
+            return CheckReport {
+                errors: vec![ConfigError::Read {
+                    path: origin,
+                    source,
+                }
+                .to_string()],
+                warnings: Vec::new(),
+            }
+        }
+    };
+    check_text(&text, &origin, &pam_service_dirs())
+}
+
+/// As [`check_config`], for configuration text; `origin` names it in messages and PAM
+/// services are looked for in `pam_dirs`.
+pub fn check_text(text: &str, origin: &str, pam_dirs: &[PathBuf]) -> CheckReport {
+    let mut report = CheckReport::default();
+    // (line, message): sorted by line at the end.
+    let mut errors: Vec<(usize, String)> = Vec::new();
+    let mut reported_line = None;
+    if let Err(e) = Config::parse(text, origin) {
+        let line = match &e {
+            ConfigError::Invalid { line, .. } => *line,
+            ConfigError::Read { .. } => 0,
+        };
+        reported_line = Some(line);
+        errors.push((line, e.to_string()));
+    }
+    // Without valid TOML there is nothing more to read.
+    let Ok(lenient) = toml::from_str::<Lenient>(text) else {
+        report.errors = errors.into_iter().map(|(_, m)| m).collect();
+        return report;
+    };
+    let mut error = |line: usize, message: String| {
+        if reported_line != Some(line) {
+            errors.push((line, format!("{origin}:{line}: {message}")));
+        }
+    };
+
+    for (i, route) in lenient.route.iter().enumerate() {
+        let name = route
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().trim().to_owned())
+            .unwrap_or_else(|| format!("#{}", i + 1));
+        if let Some(f) = &route.filter {
+            if let Err(e) = crate::filter::parse(f.get_ref()) {
+                error(
+                    line_of(text, f.span().start),
+                    format!(
+                        "route '{name}': filter: '{}' is not an LDAP filter (RFC 4515): {e}",
+                        f.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(s) = &route.pam_service {
+            let service = s.get_ref().trim();
+            let valid = !service.is_empty()
+                && service
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            // An invalid name is Config::parse's to report.
+            if valid && find_pam_service(service, pam_dirs).is_none() {
+                error(
+                    line_of(text, s.span().start),
+                    format!(
+                        "route '{name}': pam_service '{service}': {}",
+                        missing_service_explanation(service, pam_dirs)
+                    ),
+                );
+            }
+        }
+    }
+
+    let secrets = [
+        lenient
+            .backend
+            .as_ref()
+            .and_then(|b| b.service_password_file.as_ref())
+            .map(|f| ("backend.service_password_file", f)),
+        lenient
+            .tls
+            .as_ref()
+            .and_then(|t| t.key.as_ref())
+            .map(|f| ("tls.key", f)),
+    ];
+    for (key, file) in secrets.into_iter().flatten() {
+        let line = line_of(text, file.span().start);
+        let path = Path::new(file.get_ref());
+        match std::fs::metadata(path) {
+            Err(e) => error(line, format!("{key}: {}: {e}", path.display())),
+            Ok(meta) => {
+                let mode = meta.permissions().mode();
+                if mode & 0o004 != 0 {
+                    report.warnings.push(format!(
+                        "{origin}:{line}: {key}: {} is readable by every local user (mode {:04o}): chmod o-r (0600, owned by the proxy's user)",
+                        path.display(),
+                        mode & 0o7777
+                    ));
+                }
+            }
+        }
+    }
+
+    errors.sort_by_key(|(line, _)| *line);
+    report.errors = errors.into_iter().map(|(_, m)| m).collect();
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+
+    #[test]
+    fn explanation_names_the_fallback() {
+        let m = missing_service_explanation("Duo", &[PathBuf::from("/etc/pam.d")]);
+        assert!(m.contains("'duo'"), "{m}");
+        assert!(m.contains("/etc/pam.d/other"), "{m}");
+        assert!(m.contains("local Unix accounts"), "{m}");
+    }
+}

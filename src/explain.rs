@@ -1,0 +1,288 @@
+//! `explain <DN>`: what the proxy would do with a simple bind as that DN, without
+//! authenticating. It runs the bind decision itself — [`bind::triage`], the same
+//! directory lookup as [`bind::authenticate`] (as the service account, on the live
+//! backend), then [`bind::plan`] — and prints one fact per line.
+//!
+//! The bind is taken to arrive over TLS, so a secure route shows the PAM transaction it
+//! leads to; what a clear connection would get instead is its own line.
+
+use crate::bind::{self, Plan, SimpleBind, Triage};
+use crate::check;
+use crate::config::{Config, IdMap, Insecure, Route, Unmatched};
+use crate::dn::{Dn, DnError};
+use crate::lookup::{EntryFacts, LookupError, LookupPool};
+use crate::secret::Password;
+
+/// `explain` could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("'{dn}' is not a DN: {source}")]
+    BadDn {
+        dn: String,
+        #[source]
+        source: DnError,
+    },
+    #[error(
+        "cannot look up {dn} in the directory: {source} (a bind now would get unavailable (52))"
+    )]
+    Lookup {
+        dn: String,
+        #[source]
+        source: LookupError,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// As [`explain`], on a runtime of its own with a fresh lookup pool (for the CLI).
+pub fn explain_blocking(config: &Config, dn: &str) -> Result<Vec<String>, ExplainError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ExplainError::Runtime)?
+        .block_on(explain(config, &LookupPool::default(), dn))
+}
+
+fn code_name(code: &ldap3_proto::proto::LdapResultCode) -> String {
+    use ldap3_proto::proto::LdapResultCode as C;
+    let (name, n) = match code {
+        C::InvalidCredentials => ("invalidCredentials", 49),
+        C::UnwillingToPerform => ("unwillingToPerform", 53),
+        C::ConfidentialityRequired => ("confidentialityRequired", 13),
+        C::NoSuchObject => ("noSuchObject", 32),
+        C::Unavailable => ("unavailable", 52),
+        other => return format!("{other:?}"),
+    };
+    format!("{name} ({n})")
+}
+
+/// The facts that decide a simple bind as `dn` (with a non-empty password), one per
+/// line, ending with a `decision:` line.
+pub async fn explain(
+    config: &Config,
+    lookup: &LookupPool,
+    dn: &str,
+) -> Result<Vec<String>, ExplainError> {
+    let mut out = vec![format!("dn: {dn}")];
+    let parsed = Dn::parse(dn).map_err(|source| ExplainError::BadDn {
+        dn: dn.to_owned(),
+        source,
+    })?;
+    if parsed.is_empty() {
+        out.push("bind: anonymous (empty DN)".into());
+        out.push(
+            "decision: forward to the directory unchanged (anonymous binds always are)".into(),
+        );
+        return Ok(out);
+    }
+    out.push(format!("normalised: {parsed}"));
+
+    let candidates = match bind::triage(config, &parsed) {
+        Triage::NotOurs(why) => {
+            let detail = match why {
+                "root DN" => format!("backend.root_dn is {}", config.backend.root_dn),
+                "excluded suffix" => {
+                    let s = config
+                        .bind
+                        .exclude_suffixes
+                        .iter()
+                        .find(|s| parsed.is_within(s))
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    format!("at or under bind.exclude_suffixes entry {s}")
+                }
+                _ => format!(
+                    "not under any of bind.include_suffixes: {}",
+                    config
+                        .bind
+                        .include_suffixes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            };
+            out.push(format!("scope: not the proxy's: {why} ({detail})"));
+            out.push(format!(
+                "decision: forward to the directory unchanged ({why}): its own password check decides"
+            ));
+            return Ok(out);
+        }
+        Triage::Unmatched if config.routes.is_empty() => {
+            out.push("scope: in scope, but no routes are configured".into());
+            push_unmatched(config, "no route applies", &mut out);
+            return Ok(out);
+        }
+        Triage::Unmatched => {
+            out.push(
+                "scope: in scope, but no route admits this DN (every route's include_suffixes/exclude_suffixes leave it out)"
+                    .into(),
+            );
+            push_unmatched(config, "no route applies", &mut out);
+            return Ok(out);
+        }
+        Triage::Candidates(c) => c,
+    };
+    let names = |idx: &mut dyn Iterator<Item = usize>| -> String {
+        idx.map(|i| config.routes[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push(format!(
+        "scope: in scope; candidate routes in order: {}",
+        names(&mut candidates.iter().copied())
+    ));
+    let outside: Vec<usize> = (0..config.routes.len())
+        .filter(|i| !candidates.contains(i))
+        .collect();
+    if !outside.is_empty() {
+        out.push(format!(
+            "not candidates (their suffixes leave this DN out): {}",
+            names(&mut outside.into_iter())
+        ));
+    }
+
+    let (routes, attrs) = bind::lookup_request(config, &candidates);
+    let facts = lookup
+        .lookup(&config.backend, dn, &routes, &attrs)
+        .await
+        .map_err(|source| ExplainError::Lookup {
+            dn: dn.to_owned(),
+            source,
+        })?;
+    let bind = SimpleBind {
+        dn_text: dn.to_owned(),
+        dn: parsed,
+        password: Password::from_vec(b"not-a-password".to_vec()),
+        wants_authz_id: false,
+        wants_ppolicy: false,
+    };
+    let plan = bind::plan(config, &candidates, &bind, facts.as_ref(), true);
+
+    let Some(facts) = facts else {
+        out.push("entry: no such entry (read as the service account)".into());
+        push_unmatched(config, "no such entry", &mut out);
+        return Ok(out);
+    };
+    out.push("entry: exists".into());
+    out.push(format!(
+        "locked: {}",
+        if facts.locked {
+            "yes (nsAccountLock: true)"
+        } else {
+            "no"
+        }
+    ));
+    for (route, matched) in routes.iter().zip(&facts.matched) {
+        out.push(format!(
+            "route {}: {}",
+            route.name,
+            match (&route.filter, matched) {
+                (None, true) => "matches (no filter)",
+                (None, false) => "does not match (no filter, but the entry was not returned)",
+                (Some(_), true) => "filter matches",
+                (Some(_), false) => "filter does not match",
+            }
+        ));
+    }
+    let chosen = candidates
+        .iter()
+        .zip(&facts.matched)
+        .find(|(_, m)| **m)
+        .map(|(i, _)| &config.routes[*i]);
+    match chosen {
+        Some(route) => {
+            describe_route(config, route, &bind, &facts, &mut out);
+            push_plan_end(config, plan, &mut out);
+        }
+        None => push_unmatched(config, "no route matches", &mut out),
+    }
+    Ok(out)
+}
+
+/// The route's settings that matter for this bind.
+fn describe_route(
+    config: &Config,
+    route: &Route,
+    bind: &SimpleBind,
+    facts: &EntryFacts,
+    out: &mut Vec<String>,
+) {
+    out.push(format!("route: {} (the first that matches)", route.name));
+    out.push(format!("pam service: {}", route.pam_service));
+    let dirs = check::pam_service_dirs();
+    out.push(match check::find_pam_service(&route.pam_service, &dirs) {
+        Some(p) => format!("pam service file: {}", p.display()),
+        None => format!(
+            "pam service file: MISSING: {}",
+            check::missing_service_explanation(&route.pam_service, &dirs)
+        ),
+    });
+    let methods: Vec<String> = route
+        .id_map
+        .iter()
+        .map(|m| match m {
+            IdMap::Rdn => format!("rdn → {}", bind.dn.first_rdn_value().unwrap_or("(none)")),
+            IdMap::Entry => format!(
+                "entry {} → {}",
+                route.id_attr,
+                facts.first(&route.id_attr).unwrap_or("(none)")
+            ),
+            IdMap::Dn => format!("dn → {}", bind.dn_text),
+        })
+        .collect();
+    out.push(format!("id_map: {}", methods.join("; ")));
+    out.push(format!(
+        "secure: {}",
+        match (route.secure, config.bind.insecure) {
+            (false, _) => "no: PAM also on clear connections".to_owned(),
+            (true, Insecure::Reject) => format!(
+                "yes: LDAPS or StartTLS only; on a clear connection the bind gets {} before PAM",
+                code_name(&ldap3_proto::proto::LdapResultCode::ConfidentialityRequired)
+            ),
+            (true, Insecure::Forward) => "yes: on a clear connection the bind is forwarded to the directory's own password check (insecure = \"forward\", as 389)".to_owned(),
+        }
+    ));
+    out.push(format!(
+        "fallback: {}",
+        if route.fallback {
+            "yes: a failed PAM bind goes on to the directory's own password check"
+        } else {
+            "no"
+        }
+    ));
+    out.push(format!("timeout: {:?}", route.timeout));
+}
+
+fn push_unmatched(config: &Config, why: &str, out: &mut Vec<String>) {
+    out.push(match config.bind.unmatched {
+        Unmatched::Forward => format!(
+            "decision: forward to the directory ({why}; unmatched = \"forward\"): its own password check decides"
+        ),
+        Unmatched::Reject => format!(
+            "decision: reject with invalidCredentials (49) ({why}; unmatched = \"reject\")"
+        ),
+    });
+}
+
+fn push_plan_end(config: &Config, plan: Plan, out: &mut Vec<String>) {
+    match plan {
+        Plan::Forward(why) => out.push(format!("decision: forward to the directory ({why})")),
+        Plan::Reject(err) => out.push(format!(
+            "decision: reject with {}: {}",
+            code_name(&err.code),
+            err.message
+        )),
+        Plan::Pam { route, identities } => {
+            out.push(format!(
+                "pam identities: {} (in order; the next only when PAM answers PAM_USER_UNKNOWN)",
+                identities.join(", ")
+            ));
+            out.push(format!(
+                "decision: PAM authentication with service {} as {}",
+                config.routes[route].pam_service,
+                identities.first().map(String::as_str).unwrap_or_default()
+            ));
+        }
+    }
+}

@@ -41,6 +41,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as
+    /// `info,ldap_pam_proxy::session=debug`); `RUST_LOG` overrides it.
+    pub log_level: String,
 }
 
 /// Where clients connect.
@@ -247,6 +250,14 @@ struct RawConfig {
     runtime: RawRuntime,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -558,6 +569,24 @@ impl Config {
                 shutdown_grace,
             },
             runtime: RuntimeConfig { worker_threads },
+            log_level: match &raw.log.level {
+                Some(l) => {
+                    let text = l.get_ref().trim();
+                    let known = ["error", "warn", "info", "debug", "trace", "off"];
+                    let directive_ok = text.split(',').all(|d| {
+                        let level = d.rsplit('=').next().unwrap_or("").trim();
+                        known.contains(&level.to_ascii_lowercase().as_str())
+                    });
+                    if text.is_empty() || !directive_ok {
+                        return Err(at.error(
+                            l,
+                            format!("log.level: '{text}': use error, warn, info, debug or trace (or target=level, comma-separated)"),
+                        ));
+                    }
+                    text.to_owned()
+                }
+                None => "info".to_owned(),
+            },
             metrics_listen: match &raw.metrics.listen {
                 Some(a) => Some(at.socket(a, "metrics.listen")?),
                 None => None,
@@ -847,6 +876,7 @@ uris = ["ldap://127.0.0.1:3389"]
         assert_eq!(c.backend.connect_timeout, Duration::from_secs(5));
         assert!(c.limits.idle_timeout.is_none());
         assert_eq!(c.runtime.worker_threads, 1);
+        assert_eq!(c.log_level, "info");
     }
 
     #[test]
@@ -867,6 +897,12 @@ uris = ["ldap://127.0.0.1:3389"]
         let with = |extra: &str| err(&format!("{MINIMAL}{extra}"));
         assert!(with("[limits]\nmax_message_size = 0\n").contains("positive"));
         assert!(with("[limits]\nidle_timeout = \"5 parsecs\"\n").contains("unit"));
+        assert!(with("[log]\nlevel = \"loud\"\n").contains("log.level"));
+        assert!(Config::parse(
+            &format!("{MINIMAL}[log]\nlevel = \"warn,ldap_pam_proxy::session=debug\"\n"),
+            "t"
+        )
+        .is_ok());
         assert!(
             err("[listen]\naddress = \"nowhere\"\n[backend]\nuris=[\"ldap://x\"]")
                 .contains("listen.address")

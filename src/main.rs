@@ -72,12 +72,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => run(&config),
-        Command::CheckConfig { file } => check_config(&file),
+        Command::Run { config } => run(&config, cli.log_format),
+        Command::CheckConfig { file } => {
+            init_logging(cli.log_format, "warn");
+            check_config(&file)
+        }
         Command::Import389 { file } => import_389(&file),
-        Command::Explain { config, dn } => explain(&config, &dn),
+        Command::Explain { config, dn } => {
+            init_logging(cli.log_format, "warn");
+            explain(&config, &dn)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,9 +130,10 @@ fn explain(config: &std::path::Path, dn: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr at `level` (an EnvFilter directive), unless RUST_LOG says otherwise.
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -138,8 +144,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    init_logging(format, &config.log_level);
     let runtime = if config.runtime.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

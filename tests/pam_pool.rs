@@ -8,7 +8,6 @@
 //! services from `pam.d/test/` into a temporary directory first.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -17,12 +16,14 @@ use std::time::{Duration, Instant};
 use ldap_pam_proxy::pam_pool::{PamOutcome, PamPool, PamRequest, PoolError, TicketResult};
 use ldap_pam_proxy::secret::Password;
 
+mod common;
+
+use common::PamSetup;
 use PamOutcome::*;
 use TicketResult::{Completed, DeadlinePassed};
 
-/// Set in the child: the state directory of its test.
+/// Set in the child: the PAM setup directory of its test.
 const CHILD_MARKER: &str = "PAM_POOL_TEST_STATE";
-const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
 /// Every test password contains this, so the logs can be checked for it.
 const PW: &str = "s3cr3t-pw";
 
@@ -49,31 +50,24 @@ macro_rules! pam_test {
     ($name:ident, |$t:ident| $body:block) => {
         #[test]
         fn $name() {
-            under_pam_wrapper(stringify!($name), |$t: &Child| $body);
+            under_pam_wrapper(stringify!($name), |$t: &PamSetup| $body);
         }
     };
 }
 
-fn under_pam_wrapper(name: &str, body: impl FnOnce(&Child)) {
-    if let Some(state) = std::env::var_os(CHILD_MARKER) {
-        let child = Child {
-            state: state.into(),
-        };
-        fs::write(child.state.join("started"), "").expect("started marker");
+fn under_pam_wrapper(name: &str, body: impl FnOnce(&PamSetup)) {
+    if let Some(root) = std::env::var_os(CHILD_MARKER) {
+        let setup = PamSetup::existing(root.into());
+        fs::write(setup.state().join("started"), "").expect("started marker");
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
             .with_writer(std::io::stderr)
             .try_init();
-        return body(&child);
+        return body(&setup);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (services, state) = (dir.path().join("services"), dir.path().join("state"));
-    fs::create_dir(&services).expect("mkdir");
-    fs::create_dir(&state).expect("mkdir");
-    let passdb = state.join("passdb");
-    fs::write(&passdb, PASSDB).expect("passdb");
-    fs::write(state.join("passcodes"), PASSCODES).expect("passcodes");
-    render_services(&services, &passdb, &state);
+    let setup = PamSetup::new(PASSDB);
+    setup.write_state("passcodes", PASSCODES);
+    let state = setup.state();
 
     let child = {
         // pam_wrapper picks its private copy of the services, /tmp/pam.<c>,
@@ -83,10 +77,8 @@ fn under_pam_wrapper(name: &str, body: impl FnOnce(&Child)) {
         let _one_at_a_time = SPAWN_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_MARKER, &state)
-            .env("LD_PRELOAD", PAM_WRAPPER)
-            .env("PAM_WRAPPER", "1")
-            .env("PAM_WRAPPER_SERVICE_DIR", &services)
+            .env(CHILD_MARKER, setup.root())
+            .envs(setup.env())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -112,41 +104,6 @@ fn under_pam_wrapper(name: &str, body: impl FnOnce(&Child)) {
 }
 
 static SPAWN_LOCK: Mutex<()> = Mutex::new(());
-
-/// Fills in the placeholders of the `pam.d/test` templates.
-fn render_services(services: &Path, passdb: &Path, state: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let scripts = root.join("tests/pam");
-    for entry in fs::read_dir(root.join("pam.d/test")).expect("pam.d/test") {
-        let path = entry.expect("entry").path();
-        let text = fs::read_to_string(&path)
-            .expect("template")
-            .replace("@PASSDB@", &passdb.to_string_lossy())
-            .replace("@STATE@", &state.to_string_lossy())
-            .replace("@SCRIPTS@", &scripts.to_string_lossy());
-        fs::write(services.join(path.file_name().expect("name")), text).expect("service");
-    }
-}
-
-/// What a test body gets in the child process.
-struct Child {
-    state: PathBuf,
-}
-
-impl Child {
-    fn set_duo_delay(&self, seconds: u32) {
-        fs::write(self.state.join("duo-delay"), seconds.to_string()).expect("duo-delay");
-    }
-
-    /// Lines of the duo pushes file: one per transaction, `<user> <rhost>`.
-    fn pushes(&self) -> Vec<String> {
-        fs::read_to_string(self.state.join("duo-pushes"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 fn request(service: &str, identity: &str, password: &str) -> PamRequest {
     PamRequest {

@@ -531,14 +531,19 @@ pub const PAM_WRAPPER_LIB: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
 /// a temporary directory, their pam_matrix passdb, and the state directory the `duo`
 /// service's script writes its pushes to. One per proxy, so push counts are its own.
 pub struct PamSetup {
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    /// Removes `root` when the setup that made it goes.
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl PamSetup {
     /// `passdb` holds pam_matrix lines, `user:password:service`.
     pub fn new(passdb: &str) -> PamSetup {
         let dir = tempfile::tempdir().expect("tempdir");
-        let setup = PamSetup { dir };
+        let setup = PamSetup {
+            root: dir.path().to_owned(),
+            _owned: Some(dir),
+        };
         std::fs::create_dir(setup.services()).expect("mkdir services");
         std::fs::create_dir(setup.state()).expect("mkdir state");
         setup.write_state("passdb", passdb);
@@ -557,14 +562,24 @@ impl PamSetup {
         setup
     }
 
+    /// A setup another process made at `root` (see [`PamSetup::root`]).
+    pub fn existing(root: PathBuf) -> PamSetup {
+        PamSetup { root, _owned: None }
+    }
+
+    /// Where the services and the state live.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The directory of PAM services (`PAM_WRAPPER_SERVICE_DIR`).
     pub fn services(&self) -> PathBuf {
-        self.dir.path().join("services")
+        self.root.join("services")
     }
 
     /// The state directory (`@STATE@` in the templates).
     pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.root.join("state")
     }
 
     /// Writes a file of the state directory (e.g. `passcodes`, `user:passcode:service`).

@@ -338,10 +338,6 @@ fn has_line(lines: &[String], line: &str) {
     );
 }
 
-fn user(uid: &str) -> String {
-    format!("uid={uid},ou=People,{}", directory().suffix)
-}
-
 #[test]
 fn explain_internal_user_takes_the_duo_route() {
     let config = example_config();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ldap3_proto::proto::{LdapOp, LdapResultCode};
+use ldap3_proto::proto::LdapResultCode;
 use std::time::Duration;
 
 const PASSDB: &str = "alice:alice-pampw:duo\nbob:bob-pampw:duo\n";
@@ -13,23 +13,6 @@ fn duo_route(extra: &str) -> String {
     format!(
         "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"duo\"\nfilter = \"(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))\"\npam_service = \"duo\"\nsecure = false\n{extra}\n"
     )
-}
-
-fn user(uid: &str) -> String {
-    format!("uid={uid},ou=People,{}", directory().suffix)
-}
-
-fn start_bind(proxy: &Proxy, uid: &str, pw: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.addr);
-    c.send(bind_request(1, &user(uid), pw));
-    c
-}
-
-fn bind_result(c: &mut RawClient) -> LdapResultCode {
-    match c.recv().expect("bind response").op {
-        LdapOp::BindResponse(r) => r.res.code,
-        other => panic!("expected a bind response, got {other:?}"),
-    }
 }
 
 const BUSY: &str = "ldap_pam_proxy_pam_workers{state=\"busy\"}";

@@ -576,30 +576,12 @@ fn rust_client_search_matches_direct() {
             .unwrap()
             .success()
             .unwrap();
-        let (entries, res) = conn
-            .search(
-                &people,
-                ldap3::Scope::Subtree,
-                "(homeDirectory=/home/*@*)",
-                vec!["uid", "mail"],
-            )
-            .unwrap()
-            .success()
-            .unwrap();
-        assert_eq!(res.rc, 0);
-        let mut v: Vec<_> = entries
-            .into_iter()
-            .map(|e| {
-                let e = ldap3::SearchEntry::construct(e);
-                (
-                    e.dn,
-                    e.attrs
-                        .into_iter()
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                )
-            })
-            .collect();
-        v.sort();
+        let v = ldap3_entries(
+            &mut conn,
+            &people,
+            "(homeDirectory=/home/*@*)",
+            vec!["uid", "mail"],
+        );
         conn.unbind().unwrap();
         v
     };

@@ -32,24 +32,6 @@ secure = false
     )
 }
 
-fn user(uid: &str) -> String {
-    format!("uid={uid},ou=People,{}", directory().suffix)
-}
-
-/// Sends a bind and returns the connection without waiting for the answer.
-fn start_bind(proxy: &Proxy, uid: &str, pw: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.addr);
-    c.send(bind_request(1, &user(uid), pw));
-    c
-}
-
-fn bind_result(c: &mut RawClient) -> LdapResultCode {
-    match c.recv().expect("bind response").op {
-        LdapOp::BindResponse(r) => r.res.code,
-        other => panic!("expected a bind response, got {other:?}"),
-    }
-}
-
 /// What sssd does on its bind timeout: Abandon, close, and the same bind again on a new
 /// connection. Every retry must join the one pending push, and the login succeed.
 #[test]

@@ -14,7 +14,7 @@ use ldap3_proto::LdapCodec;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_rustls::rustls;
@@ -232,26 +232,9 @@ impl TlsProxy {
 
 /// Runs an OpenLDAP client that verifies the server against `ca`.
 fn tool(tool: &str, uri: &str, args: &[&str], ca: &Path, env: &[(&str, &Path)]) -> Outcome {
-    let out = Command::new("timeout")
-        .args(["30", tool, "-H", uri])
-        .args(args)
-        .env_remove("LDAPTLS_REQCERT")
-        .env("LDAPTLS_CACERT", ca)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    let code = out.status.code().unwrap_or(-1);
-    assert_ne!(code, 124, "{tool} {args:?} timed out against {uri}");
-    Outcome {
-        code,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn people() -> String {
-    format!("ou=People,{}", directory().suffix)
+    let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![("LDAPTLS_CACERT", ca.as_os_str())];
+    vars.extend(env.iter().map(|(k, v)| (*k, v.as_os_str())));
+    ldap_tool_env(tool, uri, args, None, &vars)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -535,29 +518,12 @@ fn rust_client_over_ldaps_and_starttls() {
             .unwrap()
             .success()
             .unwrap();
-        let (entries, _) = conn
-            .search(
-                &people(),
-                ldap3::Scope::Subtree,
-                "(homeDirectory=/home/*@*)",
-                vec!["uid", "mail"],
-            )
-            .unwrap()
-            .success()
-            .unwrap();
-        let mut v: Vec<_> = entries
-            .into_iter()
-            .map(|e| {
-                let e = ldap3::SearchEntry::construct(e);
-                (
-                    e.dn,
-                    e.attrs
-                        .into_iter()
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                )
-            })
-            .collect();
-        v.sort();
+        let v = ldap3_entries(
+            &mut conn,
+            &people(),
+            "(homeDirectory=/home/*@*)",
+            vec!["uid", "mail"],
+        );
         conn.unbind().unwrap();
         v
     };

@@ -299,10 +299,27 @@ pub fn ldap_tool(tool: &str, uri: &str, args: &[&str]) -> Outcome {
 
 /// As [`ldap_tool`], with `input` on the client's standard input.
 pub fn ldap_tool_input(tool: &str, uri: &str, args: &[&str], input: Option<&str>) -> Outcome {
+    ldap_tool_env(
+        tool,
+        uri,
+        args,
+        input,
+        &[("LDAPTLS_REQCERT", "never".as_ref())],
+    )
+}
+
+/// As [`ldap_tool_input`], with extra environment (e.g. `LDAPTLS_CACERT`).
+pub fn ldap_tool_env(
+    tool: &str,
+    uri: &str,
+    args: &[&str],
+    input: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Outcome {
     let mut child = Command::new("timeout")
         .args(["30", tool, "-H", uri])
         .args(args)
-        .env("LDAPTLS_REQCERT", "never")
+        .envs(env.iter().copied())
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -340,6 +357,54 @@ pub fn as_root() -> Vec<String> {
         "-w".into(),
         ds.root_pw.clone(),
     ]
+}
+
+/// The DN of a sample user.
+pub fn user(uid: &str) -> String {
+    format!("uid={uid},ou=People,{}", directory().suffix)
+}
+
+/// The sample directory's people.
+pub fn people() -> String {
+    format!("ou=People,{}", directory().suffix)
+}
+
+/// Sends a simple bind as a sample user on a new connection, without waiting for the answer.
+pub fn start_bind(proxy: &Proxy, uid: &str, pw: &str) -> RawClient {
+    let mut c = RawClient::connect(proxy.addr);
+    c.send(bind_request(1, &user(uid), pw));
+    c
+}
+
+/// The result of the bind a [`start_bind`] connection is waiting for.
+pub fn bind_result(c: &mut RawClient) -> LdapResultCode {
+    match c.recv().expect("bind response").op {
+        LdapOp::BindResponse(r) => r.res.code,
+        other => panic!("expected a bind response, got {other:?}"),
+    }
+}
+
+/// The entries a search through the `ldap3` crate returns, in a comparable form.
+pub fn ldap3_entries(
+    conn: &mut ldap3::LdapConn,
+    base: &str,
+    filter: &str,
+    attrs: Vec<&str>,
+) -> Vec<(String, std::collections::BTreeMap<String, Vec<String>>)> {
+    let (entries, _) = conn
+        .search(base, ldap3::Scope::Subtree, filter, attrs)
+        .unwrap()
+        .success()
+        .unwrap();
+    let mut v: Vec<_> = entries
+        .into_iter()
+        .map(|e| {
+            let e = ldap3::SearchEntry::construct(e);
+            (e.dn, e.attrs.into_iter().collect())
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// A unique name for entries a test creates, so tests never see each other's writes.

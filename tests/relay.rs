@@ -589,3 +589,34 @@ fn rust_client_search_matches_direct() {
     assert_eq!(direct.len(), 3, "erin, frank, grace: {direct:?}");
     assert_eq!(read(&proxy.uri()), direct);
 }
+
+/// `limits.idle_timeout` closes a connection that has nothing in progress, and only that.
+#[test]
+fn idle_connections_are_closed() {
+    let proxy = Proxy::start(&directory().uri, "[limits]\nidle_timeout = \"1s\"\n");
+    let mut idle = RawClient::connect(proxy.addr);
+    let (_, done) = idle.exchange(search(1, "", LdapSearchScope::Base, "(objectClass=*)", &[]));
+    assert!(matches!(done.op, LdapOp::SearchResultDone(_)));
+    // A persistent search keeps its connection busy, however long it waits.
+    let mut busy = RawClient::connect(proxy.addr);
+    let mut ps = search(
+        1,
+        &format!("ou=Groups,{}", directory().suffix),
+        LdapSearchScope::Subtree,
+        "(objectClass=*)",
+        &["cn"],
+    );
+    ps.ctrl.push(ldap3_proto::control::LdapControl::Unknown {
+        oid: "2.16.840.1.113730.3.4.3".into(),
+        criticality: true,
+        value: Some(vec![
+            0x30, 0x09, 0x02, 0x01, 0x0f, 0x01, 0x01, 0xff, 0x01, 0x01, 0x00,
+        ]),
+    });
+    busy.send(ps);
+    assert!(idle.closed(), "the idle connection stayed open");
+    std::thread::sleep(Duration::from_secs(2));
+    busy.send(LdapMsg::new(2, LdapOp::AbandonRequest(1)));
+    let (_, who) = busy.exchange(whoami_request(3));
+    assert!(matches!(who.op, LdapOp::ExtendedResponse(_)), "{who:?}");
+}

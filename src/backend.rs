@@ -12,7 +12,8 @@ use ldap3_proto::LdapCodec;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::ClientConfig;
@@ -22,24 +23,46 @@ use tokio_util::codec::Decoder;
 /// A connection to a backend, in the clear or inside TLS; reads and writes the same.
 pub type BackendStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// Lets callers that still hold a plain `TcpStream` use [`connect_as_service`]: only a
-/// plain connection converts; a TLS one is handed back.
 /// No backend in the list could be reached; the message names each one and why.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("no backend reachable: {0}")]
 pub struct Unreachable(String);
 
-/// Connects to the first backend that answers, in configured order. The connect
-/// timeout covers the TCP connect, StartTLS and the TLS handshake.
+/// A backend that failed is tried after the others for this long: with a dead first
+/// server, only one connection in this window pays its connect timeout, not every one.
+const DOWN_FOR: Duration = Duration::from_secs(30);
+
+/// When each backend (by URI) last failed to connect.
+fn failures() -> &'static Mutex<HashMap<String, Instant>> {
+    static FAILED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    FAILED.get_or_init(Mutex::default)
+}
+
+/// The backends in configured order, those that failed within [`DOWN_FOR`] last.
+fn in_trial_order(cfg: &BackendConfig) -> Vec<&BackendUri> {
+    let failed = failures().lock().unwrap_or_else(PoisonError::into_inner);
+    let down = |u: &BackendUri| failed.get(&u.uri).is_some_and(|t| t.elapsed() < DOWN_FOR);
+    let (up, down): (Vec<&BackendUri>, Vec<&BackendUri>) = cfg.uris.iter().partition(|u| !down(u));
+    up.into_iter().chain(down).collect()
+}
+
+/// Connects to the first backend that answers, in configured order (recently failed ones
+/// last). The connect timeout covers the TCP connect, StartTLS and the TLS handshake.
 pub async fn connect(cfg: &BackendConfig) -> Result<BackendStream, Unreachable> {
     let mut why = String::new();
-    for uri in &cfg.uris {
+    for uri in in_trial_order(cfg) {
         let attempt = tokio::time::timeout(cfg.connect_timeout, open(cfg, uri)).await;
+        let mut failed = failures().lock().unwrap_or_else(PoisonError::into_inner);
         let err = match attempt {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => {
+                failed.remove(&uri.uri);
+                return Ok(stream);
+            }
             Ok(Err(e)) => e,
             Err(_) => format!("no answer within {:?}", cfg.connect_timeout),
         };
+        failed.insert(uri.uri.clone(), Instant::now());
+        drop(failed);
         tracing::warn!(backend = %uri.uri, "backend connect failed: {err}");
         if !why.is_empty() {
             why.push_str("; ");

@@ -597,14 +597,15 @@ fn idle_connections_are_closed() {
     let mut idle = RawClient::connect(proxy.addr);
     let (_, done) = idle.exchange(search(1, "", LdapSearchScope::Base, "(objectClass=*)", &[]));
     assert!(matches!(done.op, LdapOp::SearchResultDone(_)));
-    // A persistent search keeps its connection busy, however long it waits.
+    // A persistent search keeps its connection busy, however long it waits. (On an entry
+    // no test changes, so it stays silent.)
     let mut busy = RawClient::connect(proxy.addr);
     let mut ps = search(
         1,
-        &format!("ou=Groups,{}", directory().suffix),
-        LdapSearchScope::Subtree,
+        &format!("ou=Services,{}", directory().suffix),
+        LdapSearchScope::Base,
         "(objectClass=*)",
-        &["cn"],
+        &["ou"],
     );
     ps.ctrl.push(ldap3_proto::control::LdapControl::Unknown {
         oid: "2.16.840.1.113730.3.4.3".into(),
@@ -619,4 +620,33 @@ fn idle_connections_are_closed() {
     busy.send(LdapMsg::new(2, LdapOp::AbandonRequest(1)));
     let (_, who) = busy.exchange(whoami_request(3));
     assert!(matches!(who.op, LdapOp::ExtendedResponse(_)), "{who:?}");
+}
+
+/// Backends are tried in order; one that failed is tried last for a while, so a dead
+/// first server does not cost every new connection a failed attempt.
+#[test]
+fn a_failed_backend_is_tried_last() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start_config(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[backend]\nuris = [\"ldap://{dead}\", \"{}\"]\n",
+        directory().uri
+    ));
+    let expected = ldap_tool(
+        "ldapsearch",
+        &directory().uri,
+        &["-x", "-LLL", "-b", "", "-s", "base", "namingContexts"],
+    );
+    for _ in 0..5 {
+        let out = ldap_tool(
+            "ldapsearch",
+            &proxy.uri(),
+            &["-x", "-LLL", "-b", "", "-s", "base", "namingContexts"],
+        );
+        assert_eq!(out, expected);
+    }
+    let failures = proxy.log().matches("backend connect failed").count();
+    assert_eq!(failures, 1, "{}", proxy.log());
 }

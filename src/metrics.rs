@@ -171,6 +171,7 @@ fn pool_gauges(s: &PoolStats) {
     gauge!("ldap_pam_proxy_pam_workers", "state" => "busy").set(s.busy as f64);
     gauge!("ldap_pam_proxy_pam_workers", "state" => "stuck").set(s.stuck as f64);
     gauge!("ldap_pam_proxy_pam_workers_capacity").set(s.capacity as f64);
+    gauge!("ldap_pam_proxy_pam_worker_threads").set(s.threads as f64);
     gauge!("ldap_pam_proxy_pam_queue_depth").set(s.queued as f64);
     gauge!("ldap_pam_proxy_pam_queue_capacity").set(s.queue_capacity as f64);
 }

@@ -12,7 +12,10 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -108,8 +111,10 @@ pub enum PoolError {
 /// A snapshot of the pool's gauges and counters, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Number of worker threads.
+    /// Most worker threads the pool runs (`pam.workers`).
     pub capacity: usize,
+    /// Worker threads started so far (they start as work needs them).
+    pub threads: usize,
     /// Workers currently running a job (stuck ones included).
     pub busy: usize,
     /// Busy workers whose job's deadline has passed: their caller has been
@@ -199,14 +204,15 @@ impl fmt::Debug for PamPool {
 }
 
 impl PamPool {
-    /// Starts `workers` threads and a queue of `queue` jobs.
+    /// A pool of up to `workers` threads, started as work needs them, and a
+    /// queue of `queue` jobs.
     ///
     /// `queue = 0` means no waiting room: a request is accepted only when a
-    /// worker is idle and waiting at that moment.
+    /// worker is idle and waiting at that moment (all workers start at once).
     ///
     /// # Errors
-    /// `InvalidInput` for zero workers, or the OS error if a thread cannot be
-    /// spawned (the threads already started then exit).
+    /// `InvalidInput` for zero workers, or the OS error if the first thread
+    /// cannot be spawned (the threads already started then exit).
     pub fn new(workers: usize, queue: usize) -> io::Result<Self> {
         if workers == 0 {
             return Err(io::Error::new(
@@ -215,10 +221,12 @@ impl PamPool {
             ));
         }
         let (sender, receiver) = sync_channel::<Job>(queue);
-        let receiver = Arc::new(Mutex::new(receiver));
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             slots: (0..workers).map(|_| AtomicU64::new(IDLE)).collect(),
+            receiver: Mutex::new(receiver),
+            spawned: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             queue_capacity: queue,
             queued: AtomicUsize::new(0),
             started: AtomicU64::new(0),
@@ -228,12 +236,13 @@ impl PamPool {
             overran: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
         });
-        for index in 0..workers {
-            let receiver = Arc::clone(&receiver);
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name(format!("pam-worker-{index}"))
-                .spawn(move || worker_loop(index, &receiver, &shared))?;
+        // Threads start when work needs them (see `spawn_if_needed`): every thread's
+        // stack is a mapping that a forking PAM module (pam_exec) copies on each fork,
+        // and an idle one still holds memory. Without a queue a request is accepted
+        // only by a worker already waiting, so then all start now.
+        let first = if queue == 0 { workers } else { 1 };
+        for _ in 0..first {
+            spawn_worker(&shared)?;
         }
         Ok(PamPool {
             sender: Mutex::new(Some(sender)),
@@ -279,6 +288,7 @@ impl PamPool {
         }
         PoolStats {
             capacity: s.slots.len(),
+            threads: s.spawned.load(Relaxed),
             busy,
             stuck,
             queued: s.queued.load(Relaxed),
@@ -318,16 +328,19 @@ impl PamPool {
         };
         // Counted before sending so that a worker's decrement can never run
         // first and wrap the gauge below zero.
-        self.shared.queued.fetch_add(1, Relaxed);
+        self.shared.queued.fetch_add(1, SeqCst);
         match sender.try_send(job) {
-            Ok(()) => Ok(PamTicket { rx, deadline }),
+            Ok(()) => {
+                spawn_if_needed(&self.shared);
+                Ok(PamTicket { rx, deadline })
+            }
             Err(TrySendError::Full(_)) => {
-                self.shared.queued.fetch_sub(1, Relaxed);
+                self.shared.queued.fetch_sub(1, SeqCst);
                 self.shared.rejected_full.fetch_add(1, Relaxed);
                 Err(PoolError::QueueFull)
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.shared.queued.fetch_sub(1, Relaxed);
+                self.shared.queued.fetch_sub(1, SeqCst);
                 Err(PoolError::ShutDown)
             }
         }
@@ -356,7 +369,14 @@ enum Reply {
 
 struct Shared {
     epoch: Instant,
+    /// One per worker the pool may run (`pam.workers`), started or not.
     slots: Box<[AtomicU64]>,
+    /// Idle workers queue up on the mutex; the one holding it waits in `recv`.
+    receiver: Mutex<Receiver<Job>>,
+    /// Workers started so far.
+    spawned: AtomicUsize,
+    /// Workers waiting for a job.
+    idle: AtomicUsize,
     queue_capacity: usize,
     queued: AtomicUsize,
     started: AtomicU64,
@@ -417,15 +437,61 @@ impl Shared {
     }
 }
 
-fn worker_loop(index: usize, receiver: &Mutex<Receiver<Job>>, shared: &Shared) {
+/// Starts one more worker, unless all `pam.workers` run already.
+fn spawn_worker(shared: &Arc<Shared>) -> io::Result<bool> {
+    let index = shared.spawned.load(SeqCst);
+    if index >= shared.slots.len()
+        || shared
+            .spawned
+            .compare_exchange(index, index + 1, SeqCst, SeqCst)
+            .is_err()
+    {
+        return Ok(false);
+    }
+    // Counted idle before it exists, so a submit racing with the start does not start
+    // another for the same job.
+    shared.idle.fetch_add(1, SeqCst);
+    let worker = Arc::clone(shared);
+    match thread::Builder::new()
+        .name(format!("pam-worker-{index}"))
+        .spawn(move || worker_loop(index, &worker))
+    {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            shared.idle.fetch_sub(1, SeqCst);
+            shared.spawned.fetch_sub(1, SeqCst);
+            Err(e)
+        }
+    }
+}
+
+/// Starts workers while queued jobs outnumber idle workers.
+///
+/// A worker taking a job lowers `idle` before `queued`, so the difference this compares
+/// never looks smaller than it is: at worst one worker too many starts, never one too few.
+fn spawn_if_needed(shared: &Arc<Shared>) {
+    while shared.queued.load(SeqCst) > shared.idle.load(SeqCst) {
+        match spawn_worker(shared) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!("cannot start a PAM worker thread: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn worker_loop(index: usize, shared: &Arc<Shared>) {
     loop {
-        // Idle workers queue up on the mutex; the one holding it waits in
-        // `recv`. The guard is released before the job runs.
-        let next = lock(receiver).recv();
+        // The guard is released before the job runs.
+        let next = lock(&shared.receiver).recv();
+        shared.idle.fetch_sub(1, SeqCst);
         match next {
             Ok(job) => {
-                shared.queued.fetch_sub(1, Relaxed);
+                shared.queued.fetch_sub(1, SeqCst);
                 shared.run(index, job);
+                shared.idle.fetch_add(1, SeqCst);
             }
             Err(_) => return,
         }
@@ -780,6 +846,35 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn workers_start_as_work_needs_them() {
+        let pool = PamPool::new(4, 8).expect("pool");
+        assert_eq!(pool.stats().threads, 1);
+        // Jobs one after another reuse the one thread.
+        let rt = runtime();
+        for _ in 0..5 {
+            let t = submit(&pool, LONG, || PamOutcome::Success).expect("accepted");
+            assert_eq!(
+                rt.block_on(t.wait()),
+                TicketResult::Completed(PamOutcome::Success)
+            );
+        }
+        assert_eq!(pool.stats().threads, 1);
+        // Six jobs that all wait: four run (the most the pool may start), two queue.
+        let held: Vec<_> = (0..6).map(|_| blocked_job(&pool, LONG)).collect();
+        wait_until("four busy", || pool.stats().busy == 4);
+        let stats = pool.stats();
+        assert_eq!((stats.threads, stats.queued), (4, 2));
+        for (ticket, release) in held {
+            release.send(()).expect("worker waits");
+            assert_eq!(
+                rt.block_on(ticket.wait()),
+                TicketResult::Completed(PamOutcome::Success)
+            );
+        }
+        assert_eq!(pool.stats().threads, 4);
+    }
 
     #[test]
     fn queue_full_and_stats() {

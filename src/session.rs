@@ -124,15 +124,6 @@ struct Backend {
     streaming: Option<(Envelope, usize)>,
 }
 
-/// Why the session is ending; decides what the client is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// Unbind, client gone, idle: close without a word.
-    Quiet,
-    /// A Notice of Disconnection has been queued; close once it is written.
-    Noticed,
-}
-
 enum Event {
     ClientReadable,
     ClientGone(Option<io::Error>),
@@ -177,7 +168,9 @@ pub struct Session {
     link: Link,
     /// Relayed requests still waiting for their final response: messageID → request tag.
     outstanding: HashMap<i32, u8>,
-    ending: Option<Ending>,
+    /// The session is ending: once what is queued for the client is written (a Notice of
+    /// Disconnection, if one was due), the connection closes.
+    closing: bool,
     /// Shutdown was requested: read no more requests, finish what is outstanding.
     draining: bool,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -236,7 +229,7 @@ impl Session {
             to_backend: BytesMut::new(),
             link: Link::Idle,
             outstanding: HashMap::new(),
-            ending: None,
+            closing: false,
             draining: false,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             idle,
@@ -308,13 +301,13 @@ impl Session {
         match poll_write_all(client, &mut self.to_client, cx) {
             Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientGone(Some(e))),
             Poll::Ready(Ok(()))
-                if self.upgrading && self.ending.is_none() && self.local_pending.is_empty() =>
+                if self.upgrading && !self.closing && self.local_pending.is_empty() =>
             {
                 return Poll::Ready(Event::StartTlsAnswered);
             }
             _ => {}
         }
-        if self.ending.is_some() {
+        if self.closing {
             if !self.to_client.is_empty() {
                 return Poll::Pending;
             }
@@ -384,7 +377,7 @@ impl Session {
     fn take_requests(&mut self) {
         self.last_activity = Instant::now();
         let limit = self.config.limits.max_message_size;
-        while self.ending.is_none() && !self.upgrading {
+        while !self.closing && !self.upgrading {
             let env = match frame::peek(&self.from_client, limit) {
                 Ok(Some(env)) if self.from_client.len() >= env.len => env,
                 Ok(_) => return,
@@ -406,7 +399,7 @@ impl Session {
         // A bind is pending: later requests wait for its outcome (RFC 4511 §4.2.1),
         // except those that concern the wait itself.
         match env.op {
-            op::UNBIND_REQUEST => self.ending = Some(Ending::Quiet),
+            op::UNBIND_REQUEST => self.closing = true,
             op::ABANDON_REQUEST => self.abandon_while_pending(env, msg),
             _ if self.held.len() >= MAX_HELD => self.reply(
                 env,
@@ -442,7 +435,7 @@ impl Session {
                 if let Link::Up(_) = self.link {
                     self.to_backend.extend_from_slice(&msg);
                 }
-                self.ending = Some(Ending::Quiet);
+                self.closing = true;
             }
             // Nothing to abandon on a backend connection that was never opened.
             op::ABANDON_REQUEST if matches!(self.link, Link::Idle) => {}
@@ -457,7 +450,7 @@ impl Session {
     /// Runs requests held behind a bind that has now been decided, until one of them is
     /// itself a bind the proxy must decide.
     fn release_held(&mut self) {
-        while self.pending.is_none() && self.ending.is_none() {
+        while self.pending.is_none() && !self.closing {
             let Some((env, msg)) = self.held.pop_front() else {
                 return;
             };
@@ -862,7 +855,7 @@ impl Session {
         self.link = Link::Idle;
         if streaming {
             // A half-sent response cannot be followed by a valid message.
-            self.ending = Some(Ending::Quiet);
+            self.closing = true;
         } else {
             self.disconnect(LdapError::new(
                 LdapResultCode::Unavailable,
@@ -923,7 +916,7 @@ impl Session {
             // configured); ending the session is the safe answer.
             (other, _) => {
                 self.client = other;
-                self.ending = Some(Ending::Quiet);
+                self.closing = true;
             }
         }
     }
@@ -950,9 +943,9 @@ impl Session {
 
     /// Tells the client why it is being disconnected, then closes.
     fn disconnect(&mut self, why: LdapError) {
-        if self.ending.is_none() {
+        if !self.closing {
             self.send_local(&proto::notice_of_disconnection(&why));
-            self.ending = Some(Ending::Noticed);
+            self.closing = true;
         }
     }
 
@@ -970,7 +963,7 @@ impl Session {
         if self.draining && self.outstanding.is_empty() {
             if self.upgrading {
                 // A notice in the clear cannot follow a StartTLS success.
-                self.ending = Some(Ending::Quiet);
+                self.closing = true;
                 return;
             }
             self.disconnect(LdapError::new(
@@ -992,7 +985,7 @@ impl Session {
             return;
         }
         tracing::info!(peer = %self.peer, "closing idle client connection");
-        self.ending = Some(Ending::Quiet);
+        self.closing = true;
     }
 }
 

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# rustup's cargo, when the calling environment (CI, cron, sudo) did not put it on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
 scripts/install-deps.sh
 # The sssd end-to-end test needs a real sssd and pamtester. Kept out of install-deps.sh
 # because installing sssd adds pam_sss and nss "sss" to the system's PAM and NSS

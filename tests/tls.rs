@@ -546,20 +546,13 @@ fn starttls_with_outstanding_operation_gets_operations_error() {
     let p = TlsProxy::simple(&pki, "");
     let mut c = Conn::connect(p.proxy.addr);
     // A persistent search never ends by itself: it stays outstanding.
-    let mut ps = search(
+    let ps = persistent_search(
         1,
         &format!("ou=Groups,{}", directory().suffix),
         LdapSearchScope::Subtree,
         "(objectClass=groupOfNames)",
         &["cn"],
     );
-    ps.ctrl.push(ldap3_proto::control::LdapControl::Unknown {
-        oid: "2.16.840.1.113730.3.4.3".into(),
-        criticality: true,
-        value: Some(vec![
-            0x30, 0x09, 0x02, 0x01, 0x01, 0x01, 0x01, 0xff, 0x01, 0x01, 0xff,
-        ]),
-    });
     c.send(ps);
     let (code, name) = c.start_tls(2);
     assert_eq!(code, LdapResultCode::OperationsError);

@@ -586,6 +586,27 @@ pub fn search(
     )
 }
 
+/// A persistent search (389's psearch control): entries that change under `base` from
+/// now on, every change type, with entry change notifications; it never ends by itself.
+pub fn persistent_search(
+    msgid: i32,
+    base: &str,
+    scope: ldap3_proto::proto::LdapSearchScope,
+    filter: &str,
+    attrs: &[&str],
+) -> LdapMsg {
+    let mut ps = search(msgid, base, scope, filter, attrs);
+    // PersistentSearch ::= SEQUENCE { changeTypes 15, changesOnly TRUE, returnECs TRUE }
+    ps.ctrl.push(ldap3_proto::control::LdapControl::Unknown {
+        oid: "2.16.840.1.113730.3.4.3".into(),
+        criticality: true,
+        value: Some(vec![
+            0x30, 0x09, 0x02, 0x01, 0x0f, 0x01, 0x01, 0xff, 0x01, 0x01, 0xff,
+        ]),
+    });
+    ps
+}
+
 pub fn path_of(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

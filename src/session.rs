@@ -483,9 +483,9 @@ impl Session {
             // Never let an unauthenticated or directory-bound session run as the
             // service account: drop that connection (its unfinished operations are
             // abandoned, as a bind permits).
-            self.link = Link::Idle;
-            self.outstanding.clear();
-            self.to_backend.clear();
+            if !self.retire_link() {
+                return;
+            }
         }
         let Some(bind) = self.simple_bind(&msg) else {
             let dn = message::bind_request(&msg)
@@ -616,6 +616,9 @@ impl Session {
                     // Nobody is waiting for this session to become the user.
                     return self.release_held();
                 }
+                if !self.retire_link() {
+                    return;
+                }
                 let identity = self.config.bind.identity;
                 let authz = format!("dn:{}", p.dn);
                 self.link = Link::Up(Backend {
@@ -625,8 +628,6 @@ impl Session {
                     inbuf: BytesMut::with_capacity(READ_CHUNK),
                     streaming: None,
                 });
-                self.outstanding.clear();
-                self.to_backend.clear();
                 self.auth = Auth::Pam {
                     dn: p.dn.clone(),
                     service: trail.service.clone().unwrap_or_default(),
@@ -650,6 +651,22 @@ impl Session {
             }
         }
         self.release_held();
+    }
+
+    /// Drops the backend connection so another can take its place; its unfinished
+    /// operations are abandoned, as a bind permits (RFC 4511 §4.2.1). A response half
+    /// passed to the client cannot be followed by any valid message, so then the client
+    /// connection is closed instead and `false` returned.
+    fn retire_link(&mut self) -> bool {
+        let mid_response = matches!(&self.link, Link::Up(b) if b.streaming.is_some());
+        self.link = Link::Idle;
+        self.outstanding.clear();
+        self.to_backend.clear();
+        if mid_response {
+            tracing::info!(peer = %self.peer, "closing: a bind replaced the backend connection in the middle of a response");
+            self.closing = true;
+        }
+        !mid_response
     }
 
     /// Relays a bind for the directory to decide; its result is logged as it passes back.

@@ -83,6 +83,14 @@ enum Auth {
     },
 }
 
+/// What waits for the backend stream to reach a message boundary.
+enum AtBoundary {
+    /// A PAM success: the session moves to its service-bound connection.
+    Bound(Outcome, Trail),
+    /// A new bind (first in `held`) that drops the service-bound connection.
+    Bind,
+}
+
 /// A bind the directory decides; the proxy only reports it.
 struct ForwardedBind {
     msgid: i32,
@@ -160,6 +168,9 @@ pub struct Session {
     forwarded: Option<ForwardedBind>,
     /// Requests received while a bind is pending, in order.
     held: VecDeque<(Envelope, Bytes)>,
+    /// Work that replaces the backend connection, waiting for the response being passed
+    /// to the client to end: nothing may follow half a message.
+    at_boundary: Option<AtBoundary>,
     from_client: BytesMut,
     to_client: BytesMut,
     /// Proxy-made messages waiting for the backend stream to reach a message boundary.
@@ -223,6 +234,7 @@ impl Session {
             pending: None,
             forwarded: None,
             held: VecDeque::new(),
+            at_boundary: None,
             from_client: BytesMut::with_capacity(READ_CHUNK),
             to_client: BytesMut::new(),
             local_pending: BytesMut::new(),
@@ -439,6 +451,10 @@ impl Session {
             }
             // Nothing to abandon on a backend connection that was never opened.
             op::ABANDON_REQUEST if matches!(self.link, Link::Idle) => {}
+            op::BIND_REQUEST if self.mid_response() && self.on_service_link() => {
+                self.held.push_front((env, msg));
+                self.at_boundary = Some(AtBoundary::Bind);
+            }
             op::BIND_REQUEST => self.bind(env, msg),
             _ => match &self.auth {
                 Auth::Directory => self.relay(env, &msg),
@@ -450,7 +466,7 @@ impl Session {
     /// Runs requests held behind a bind that has now been decided, until one of them is
     /// itself a bind the proxy must decide.
     fn release_held(&mut self) {
-        while self.pending.is_none() && !self.closing {
+        while self.pending.is_none() && self.at_boundary.is_none() && !self.closing {
             let Some((env, msg)) = self.held.pop_front() else {
                 return;
             };
@@ -568,6 +584,14 @@ impl Session {
     }
 
     fn bind_decided(&mut self, outcome: Outcome, trail: Trail) {
+        if matches!(outcome, Outcome::Bound { .. }) && self.mid_response() {
+            // Requests stay held behind the bind until the swap; its decision is made.
+            if let Some(p) = &mut self.pending {
+                p.deciding = Box::pin(std::future::pending());
+            }
+            self.at_boundary = Some(AtBoundary::Bound(outcome, trail));
+            return;
+        }
         let Some(p) = self.pending.take() else {
             return;
         };
@@ -653,12 +677,33 @@ impl Session {
         self.release_held();
     }
 
+    /// Part of a backend response has gone to the client and the rest has not.
+    fn mid_response(&self) -> bool {
+        matches!(&self.link, Link::Up(b) if b.streaming.is_some())
+    }
+
+    fn on_service_link(&self) -> bool {
+        matches!(&self.link, Link::Up(b) if b.as_service)
+    }
+
+    /// The backend stream is between messages: do what waited for that, then pass on
+    /// what is already buffered.
+    fn reached_boundary(&mut self) {
+        match self.at_boundary.take() {
+            Some(AtBoundary::Bound(outcome, trail)) => self.bind_decided(outcome, trail),
+            Some(AtBoundary::Bind) => self.release_held(),
+            None => {}
+        }
+        self.take_responses();
+    }
+
     /// Drops the backend connection so another can take its place; its unfinished
-    /// operations are abandoned, as a bind permits (RFC 4511 §4.2.1). A response half
-    /// passed to the client cannot be followed by any valid message, so then the client
-    /// connection is closed instead and `false` returned.
+    /// operations are abandoned, as a bind permits (RFC 4511 §4.2.1). Callers wait for a
+    /// message boundary first ([`AtBoundary`]); should one not have, a half-sent
+    /// response cannot be followed by any valid message, so the client connection is
+    /// closed instead and `false` returned.
     fn retire_link(&mut self) -> bool {
-        let mid_response = matches!(&self.link, Link::Up(b) if b.streaming.is_some());
+        let mid_response = self.mid_response();
         self.link = Link::Idle;
         self.outstanding.clear();
         self.to_backend.clear();
@@ -828,6 +873,9 @@ impl Session {
                         self.to_client
                             .extend_from_slice(&self.local_pending.split());
                     }
+                    if self.at_boundary.is_some() {
+                        return self.reached_boundary();
+                    }
                 }
                 // After a StartTLS answer, the next message goes out under TLS.
                 None if self.upgrading => return,
@@ -968,8 +1016,7 @@ impl Session {
 
     /// Queues a proxy-made message for the client at the next message boundary.
     fn send_local(&mut self, msg: &[u8]) {
-        let mid_response = matches!(&self.link, Link::Up(b) if b.streaming.is_some());
-        if mid_response {
+        if self.mid_response() {
             self.local_pending.extend_from_slice(msg);
         } else {
             self.to_client.extend_from_slice(msg);

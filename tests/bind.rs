@@ -24,11 +24,7 @@ const PW_EXPIRED: &str = "2.16.840.1.113730.3.4.4";
 const PROXY_AUTHZ_V1: &str = "2.16.840.1.113730.3.4.12";
 
 fn dn(uid: &str) -> String {
-    format!("uid={uid},ou=People,{}", directory().suffix)
-}
-
-fn people() -> String {
-    format!("ou=People,{}", directory().suffix)
+    user(uid)
 }
 
 fn pampw(uid: &str) -> String {
@@ -1072,4 +1068,79 @@ fn base64(bytes: &[u8]) -> String {
             })
         })
         .collect()
+}
+
+/// A rebind that arrives while a large entry is half passed to the client, on a
+/// PAM-bound session: the bind drops the service-bound backend connection (the search is
+/// abandoned, as RFC 4511 §4.2.1 allows), but only once that entry has been passed on
+/// whole, so the client reads whole messages, then its bind result.
+#[test]
+fn rebind_in_the_middle_of_a_large_entry_keeps_the_stream_whole() {
+    let ds = directory();
+    let cn = unique("big");
+    let base = format!("ou=Groups,{}", ds.suffix);
+    // 8 entries of 1.9 MB: more than the socket buffers and the proxy's own buffer hold
+    // for a client that does not read, so the proxy stops in the middle of one.
+    let value = "x".repeat(1_900_000);
+    let ldif: String = (0..8)
+        .map(|i| {
+            format!(
+                "dn: cn={cn}-{i},{base}\nobjectClass: top\nobjectClass: groupOfNames\ncn: {cn}-{i}\ndescription: {value}\n\n"
+            )
+        })
+        .collect();
+    let root = as_root();
+    let root: Vec<&str> = root.iter().map(String::as_str).collect();
+    assert_eq!(
+        ldap_tool_input("ldapadd", &ds.uri, &root, Some(&ldif)).code,
+        0
+    );
+
+    let bench = Bench::new(&site_routes());
+    let mut c = bench.raw();
+    assert_eq!(
+        c.simple_bind(1, &dn("erin"), &pampw("erin")),
+        LdapResultCode::Success
+    );
+    let filter = format!("(cn={cn}-*)");
+    c.send(search(
+        2,
+        &base,
+        LdapSearchScope::OneLevel,
+        &filter,
+        &["description"],
+    ));
+    // Not reading: the proxy stops in the middle of an entry (backpressure).
+    std::thread::sleep(Duration::from_millis(1000));
+    c.send(bind_request(3, &dn("erin"), &pampw("erin")));
+    let mut entries = 0;
+    loop {
+        let m = c.recv().expect("the connection stays open");
+        assert!(notice_code(&m).is_none(), "{m:?}");
+        match m.op {
+            LdapOp::BindResponse(r) => {
+                assert_eq!((m.msgid, r.res.code), (3, LdapResultCode::Success));
+                break;
+            }
+            LdapOp::SearchResultEntry(e) => {
+                assert_eq!(m.msgid, 2);
+                assert_eq!(
+                    e.attributes[0].vals[0].len(),
+                    1_900_000,
+                    "entries arrive whole"
+                );
+                entries += 1;
+            }
+            _ => assert_eq!(m.msgid, 2, "{m:?}"),
+        }
+    }
+    assert!(
+        entries < 8,
+        "the rebind abandoned the search part way: {entries} entries"
+    );
+    assert_eq!(whoami(&mut c, 4), format!("dn:{}", dn("erin")));
+    let dns: Vec<String> = (0..8).map(|i| format!("cn={cn}-{i},{base}")).collect();
+    let mut args = root.clone();
+    args.extend(dns.iter().map(String::as_str));
+    assert_eq!(ldap_tool("ldapdelete", &ds.uri, &args).code, 0);
 }

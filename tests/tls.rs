@@ -758,12 +758,11 @@ fn silent_ldaps_client_is_dropped() {
     let p = TlsProxy::simple(&pki, "");
     let start = Instant::now();
     let mut c = Conn::connect(p.ldaps);
+    // `closed` gives up after the connection's read timeout: true means the proxy closed.
     assert!(c.closed(), "still open after {:?}", start.elapsed());
+    // Not before the handshake timeout: a slow client is given its 10 s.
     let took = start.elapsed();
-    assert!(
-        took >= Duration::from_secs(8) && took < Duration::from_secs(20),
-        "closed after {took:?}"
-    );
+    assert!(took >= Duration::from_secs(8), "closed after only {took:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -580,7 +580,7 @@ pub fn search(
             sizelimit: 0,
             timelimit: 0,
             typesonly: false,
-            filter: ldap3_proto::parse_ldap_filter_str(filter).expect("filter"),
+            filter: ldap_pam_proxy::filter::parse(filter).expect("filter"),
             attrs: attrs.iter().map(|a| a.to_string()).collect(),
         }),
     )

@@ -1,15 +1,21 @@
 //! The bind decision (DESIGN §2): which simple binds the proxy authenticates through
 //! PAM, with which service and identity, and what the client is told.
 //!
-//! The steps that decide are plain functions ([`triage`], [`plan`], [`judge`]) so unit
-//! tests drive them without sockets; [`authenticate`] strings them together with the
-//! directory lookup and the PAM pool.
+//! The steps that decide are plain functions ([`first_look`], [`triage`], [`plan`],
+//! [`judge`]) so unit tests drive them without sockets; [`resolve`] asks the directory
+//! which entry the client's DN names and which route filters it matches, and
+//! [`authenticate`] strings them together with the PAM gate.
+//!
+//! Every decision after [`first_look`] is made on the entry the directory resolved, never
+//! on the client's spelling of its DN: scope, route, identity, the guard and coalescing
+//! all see one identity per entry.
 
 use crate::backend;
 use crate::backend::BackendStream;
+use crate::bind_request::{sasl_mechanism, BindRequest, Credentials};
 use crate::config::{Config, IdMap, Insecure, MissingSuffix, Route, Unmatched};
 use crate::dn::Dn;
-use crate::lookup::{EntryFacts, LookupPool};
+use crate::lookup::{Entry, LookupConn, LookupError, LookupPool};
 use crate::pam_gate::{Attempt, PamGate, Rejection};
 use crate::pam_pool::{PamOutcome, TicketResult};
 use crate::proto::LdapError;
@@ -26,11 +32,13 @@ pub const OID_PW_EXPIRED: &str = "2.16.840.1.113730.3.4.4";
 /// Password policy control (draft-behera-ldap-password-policy).
 pub const OID_PPOLICY: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
 
-/// A simple bind the proxy may authenticate itself.
+/// A simple bind with a name and a password: the proxy decides it.
 #[derive(Debug)]
 pub struct SimpleBind {
-    pub dn_text: String,
-    pub dn: Dn,
+    /// The name as sent: the client's spelling, which the directory resolves.
+    pub name: String,
+    /// The name as the proxy reads it, when it reads as a DN.
+    pub spelled: Option<Dn>,
     pub password: Password,
     /// The request carried the Authorization Identity Request control.
     pub wants_authz_id: bool,
@@ -38,29 +46,153 @@ pub struct SimpleBind {
     pub wants_ppolicy: bool,
 }
 
-/// First step, before any I/O.
+/// What the proxy does with a bind before it asks the directory anything.
+#[derive(Debug)]
+pub enum FirstLook {
+    /// The directory's to decide: anonymous and unauthenticated binds, SASL mechanisms
+    /// listed in `bind.forward_sasl` (`mechanism` is the name to send, upper-cased).
+    Forward {
+        reason: &'static str,
+        mechanism: Option<String>,
+    },
+    /// Answered at once with this error; the session stays anonymous.
+    Refuse(LdapError),
+    /// The proxy decides, after asking the directory about the entry.
+    Decide(SimpleBind),
+}
+
+/// SASL mechanisms that carry a password the directory would check: forwarding them
+/// would let a routed user in with the directory password, without PAM.
+pub fn is_password_sasl(mechanism: &str) -> bool {
+    matches!(
+        mechanism,
+        "PLAIN" | "LOGIN" | "DIGEST-MD5" | "CRAM-MD5" | "NTLM" | "GSS-SPNEGO" | "OTP"
+    ) || mechanism.starts_with("SCRAM-")
+}
+
+/// The refusal every clear-text bind in a secure route's scope gets, whether or not the
+/// DN exists or a route matches it: the answer tells nothing about the DN.
+pub fn tls_required() -> LdapError {
+    LdapError::new(
+        LdapResultCode::ConfidentialityRequired,
+        "binds to this directory require TLS: use LDAPS or StartTLS",
+    )
+}
+
+/// The first step of every bind (DESIGN §2, §7), before any I/O.
+pub fn first_look(config: &Config, req: &BindRequest<'_>, tls: bool) -> FirstLook {
+    if req.version != 3 {
+        return FirstLook::Refuse(LdapError::new(
+            LdapResultCode::ProtocolError,
+            "only LDAPv3 binds are supported",
+        ));
+    }
+    let password = match req.credentials {
+        Credentials::Sasl { mechanism, .. } => {
+            return match sasl_mechanism(mechanism) {
+                Some(m) if config.bind.forward_sasl.contains(&m) => FirstLook::Forward {
+                    reason: "SASL mechanism in bind.forward_sasl",
+                    mechanism: Some(m),
+                },
+                Some(m) => FirstLook::Refuse(LdapError::new(
+                    LdapResultCode::AuthMethodNotSupported,
+                    format!("SASL mechanism {m} is not available through this proxy"),
+                )),
+                None => FirstLook::Refuse(LdapError::new(
+                    LdapResultCode::AuthMethodNotSupported,
+                    "not a SASL mechanism name",
+                )),
+            };
+        }
+        Credentials::Simple(password) => password,
+    };
+    if req.name.is_empty() || password.is_empty() {
+        return FirstLook::Forward {
+            reason: "anonymous or unauthenticated bind",
+            mechanism: None,
+        };
+    }
+    if config.routes.is_empty() {
+        return FirstLook::Forward {
+            reason: "no routes configured",
+            mechanism: None,
+        };
+    }
+    let Ok(name) = std::str::from_utf8(req.name) else {
+        return FirstLook::Refuse(LdapError::new(
+            LdapResultCode::InvalidDNSyntax,
+            "the bind DN is not UTF-8",
+        ));
+    };
+    let spelled = Dn::parse(name).ok();
+    // Where every route that could take the DN is secure, the answer on a clear
+    // connection is known before asking the directory anything.
+    if let Some(Triage::Candidates(c)) = spelled.as_ref().map(|d| triage(config, d)) {
+        if c.iter().all(|i| config.routes[*i].secure) && refuses_clear_text(config, &c, tls) {
+            return FirstLook::Refuse(tls_required());
+        }
+    }
+    FirstLook::Decide(SimpleBind {
+        name: name.to_owned(),
+        spelled,
+        password: Password::from_vec(password.to_vec()),
+        wants_authz_id: req.has_control(OID_AUTHZID_REQUEST),
+        wants_ppolicy: req.has_control(OID_PPOLICY),
+    })
+}
+
+/// A clear-text bind in the scope of a secure route is refused with [`tls_required`]
+/// unless a route that is not secure takes it: whether the DN exists, matches no route or
+/// is locked, the answer is the same.
+fn refuses_clear_text(config: &Config, candidates: &[usize], tls: bool) -> bool {
+    !tls && config.bind.insecure == Insecure::Reject
+        && candidates.iter().any(|i| config.routes[*i].secure)
+}
+
+/// Why a bind is not the proxy's to decide (DESIGN §2 step 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotOurs {
+    RootDn,
+    ExcludedSuffix,
+    OutsideIncludedSuffixes,
+}
+
+impl NotOurs {
+    /// For logs and metrics labels.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotOurs::RootDn => "root DN",
+            NotOurs::ExcludedSuffix => "excluded suffix",
+            NotOurs::OutsideIncludedSuffixes => "outside the included suffixes",
+        }
+    }
+}
+
+/// Which routes may apply to a DN.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Triage {
-    /// Not the proxy's to decide: relay the bind unchanged.
-    NotOurs(&'static str),
+    /// Not the proxy's to decide: the directory's own password check decides.
+    NotOurs(NotOurs),
     /// In scope, but no route could apply.
     Unmatched,
     /// In scope of these routes (indices, in file order); the directory must say which matches.
     Candidates(Vec<usize>),
 }
 
-/// Decides from the DN alone whether a bind is the proxy's (DESIGN §2 step 1).
+/// Decides from a DN alone whether a bind is the proxy's (DESIGN §2 step 1). Applied to
+/// the entry the directory resolved, never to the client's spelling alone (except for a
+/// DN with no entry).
 pub fn triage(config: &Config, dn: &Dn) -> Triage {
     let rules = &config.bind;
     if *dn == config.backend.root_dn {
-        return Triage::NotOurs("root DN");
+        return Triage::NotOurs(NotOurs::RootDn);
     }
     if rules.exclude_suffixes.iter().any(|s| dn.is_within(s)) {
-        return Triage::NotOurs("excluded suffix");
+        return Triage::NotOurs(NotOurs::ExcludedSuffix);
     }
     if !rules.include_suffixes.is_empty() && !rules.include_suffixes.iter().any(|s| dn.is_within(s))
     {
-        return Triage::NotOurs("outside the included suffixes");
+        return Triage::NotOurs(NotOurs::OutsideIncludedSuffixes);
     }
     let candidates: Vec<usize> = config
         .routes
@@ -138,27 +270,31 @@ pub async fn check_suffixes(config: &Config) -> Result<(), String> {
     }
 }
 
-/// The routes of `candidates` (in order) and the entry attributes their `id_map` needs:
-/// what a bind (or `explain`) asks the directory about.
-pub fn lookup_request<'c>(
-    config: &'c Config,
-    candidates: &[usize],
-) -> (Vec<&'c Route>, Vec<&'c str>) {
-    let routes: Vec<&Route> = candidates.iter().map(|i| &config.routes[*i]).collect();
+/// The entry attributes the routes' `id_map` needs: read with the entry, before it is
+/// known which route applies.
+fn identity_attrs(config: &Config) -> Vec<&str> {
     let mut attrs: Vec<&str> = Vec::new();
-    for r in routes.iter().filter(|r| r.id_map.contains(&IdMap::Entry)) {
+    for r in config
+        .routes
+        .iter()
+        .filter(|r| r.id_map.contains(&IdMap::Entry))
+    {
         if !attrs.iter().any(|a| a.eq_ignore_ascii_case(&r.id_attr)) {
             attrs.push(r.id_attr.as_str());
         }
     }
-    (routes, attrs)
+    attrs
 }
 
 /// What to do once the directory has answered the lookup.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     Forward(&'static str),
-    Reject(LdapError),
+    /// Answer `err`; `detail` says why in the log.
+    Reject {
+        err: LdapError,
+        detail: &'static str,
+    },
     /// Run PAM with `route`, trying `identities` in order.
     Pam {
         route: usize,
@@ -170,51 +306,154 @@ pub enum Plan {
 pub fn unmatched(config: &Config, why: &'static str) -> Plan {
     match config.bind.unmatched {
         Unmatched::Forward => Plan::Forward(why),
-        Unmatched::Reject => Plan::Reject(invalid_credentials()),
+        Unmatched::Reject => Plan::Reject {
+            err: invalid_credentials(),
+            detail: why,
+        },
     }
+}
+
+/// A bind DN's entry, resolved by the directory.
+#[derive(Debug)]
+pub struct Resolved {
+    pub entry: Entry,
+    /// The entry's DN as the proxy reads it.
+    pub dn: Dn,
+}
+
+/// Everything the directory said about a bind, and the plan that follows: what a bind
+/// acts on and what `explain` shows.
+#[derive(Debug)]
+pub struct Resolution {
+    pub resolved: Option<Resolved>,
+    /// The scope of the resolved entry (or of the spelling, when there is no entry).
+    pub triage: Option<Triage>,
+    /// For each candidate route in order: whether its filter matched the entry.
+    pub matched: Vec<bool>,
+    pub plan: Plan,
+}
+
+/// Steps 1–7 with the directory's answers: resolve the client's spelling to the entry,
+/// scope it, ask which route filters it matches, plan.
+pub async fn resolve(
+    config: &Config,
+    conn: &mut LookupConn<'_>,
+    bind: &SimpleBind,
+    tls: bool,
+) -> Result<Resolution, LookupError> {
+    let entry = conn.entry(&bind.name, &identity_attrs(config)).await?;
+    let Some(entry) = entry else {
+        // Nothing for PAM to act for; the spelling decides only whether the directory
+        // may still try (the root DN has no entry).
+        let triage = bind.spelled.as_ref().map(|d| triage(config, d));
+        let plan = match &triage {
+            Some(Triage::NotOurs(why)) => Plan::Forward(why.reason()),
+            Some(Triage::Candidates(c)) if refuses_clear_text(config, c, tls) => Plan::Reject {
+                err: tls_required(),
+                detail: "no such entry, in a secure route's scope on a clear connection",
+            },
+            _ => unmatched(config, "no such entry"),
+        };
+        return Ok(Resolution {
+            resolved: None,
+            triage,
+            matched: Vec::new(),
+            plan,
+        });
+    };
+    let Ok(dn) = Dn::parse(&entry.dn) else {
+        return Err(LookupError::Refused(format!(
+            "the directory returned a DN the proxy cannot read: {:?}",
+            entry.dn
+        )));
+    };
+    let mut resolution = Resolution {
+        resolved: None,
+        triage: None,
+        matched: Vec::new(),
+        plan: Plan::Forward(""),
+    };
+    // The proxy reads scope, route and identity from the entry; a spelling it reads as
+    // another DN (quotes, escapes of ordinary characters, attribute type aliases) could
+    // only be used to make the two disagree.
+    if bind.spelled.as_ref() != Some(&dn) {
+        resolution.plan = Plan::Reject {
+            err: invalid_credentials(),
+            detail: "the bind DN is spelled differently from the entry's DN",
+        };
+        resolution.resolved = Some(Resolved { entry, dn });
+        return Ok(resolution);
+    }
+    let scope = triage(config, &dn);
+    resolution.plan = match &scope {
+        Triage::NotOurs(why) => Plan::Forward(why.reason()),
+        Triage::Unmatched => unmatched(config, "no route in scope"),
+        Triage::Candidates(candidates) => {
+            let routes: Vec<&Route> = candidates.iter().map(|i| &config.routes[*i]).collect();
+            resolution.matched = conn.matches(&entry.dn, &routes).await?;
+            plan(config, candidates, &resolution.matched, &entry, &dn, tls)
+        }
+    };
+    resolution.triage = Some(scope);
+    resolution.resolved = Some(Resolved { entry, dn });
+    Ok(resolution)
+}
+
+/// The first candidate route whose filter matched.
+pub fn first_match(candidates: &[usize], matched: &[bool]) -> Option<usize> {
+    candidates
+        .iter()
+        .zip(matched)
+        .find(|(_, m)| **m)
+        .map(|(i, _)| *i)
 }
 
 /// Steps 3–7: route choice, lock, TLS, identity.
 pub fn plan(
     config: &Config,
     candidates: &[usize],
-    bind: &SimpleBind,
-    facts: Option<&EntryFacts>,
+    matched: &[bool],
+    entry: &Entry,
+    dn: &Dn,
     tls: bool,
 ) -> Plan {
-    let Some(facts) = facts else {
-        return unmatched(config, "no such entry");
-    };
-    let Some(index) = candidates
-        .iter()
-        .zip(&facts.matched)
-        .find(|(_, matched)| **matched)
-        .map(|(i, _)| *i)
-    else {
+    let Some(index) = first_match(candidates, matched) else {
+        if refuses_clear_text(config, candidates, tls) {
+            return Plan::Reject {
+                err: tls_required(),
+                detail: "no route matches, in a secure route's scope on a clear connection",
+            };
+        }
         return unmatched(config, "no route matches");
     };
     let route = &config.routes[index];
-    if facts.locked {
-        return Plan::Reject(LdapError::new(
-            LdapResultCode::UnwillingToPerform,
-            "Account inactivated. Contact system administrator.",
-        ));
-    }
+    // Before the lock: on a clear connection, a locked entry looks like any other.
     if route.secure && !tls {
         return match config.bind.insecure {
             Insecure::Forward => Plan::Forward("secure route on a clear connection"),
-            Insecure::Reject => Plan::Reject(LdapError::new(
-                LdapResultCode::ConfidentialityRequired,
-                format!("route '{}' requires TLS: use LDAPS or StartTLS", route.name),
-            )),
+            Insecure::Reject => Plan::Reject {
+                err: tls_required(),
+                detail: "secure route on a clear connection",
+            },
         };
     }
-    let identities = identities(route, bind, facts);
+    if entry.locked {
+        return Plan::Reject {
+            err: LdapError::new(
+                LdapResultCode::UnwillingToPerform,
+                "Account inactivated. Contact system administrator.",
+            ),
+            detail: "account locked (nsAccountLock)",
+        };
+    }
+    let identities = identities(route, entry, dn);
     if identities.is_empty() {
-        return Plan::Reject(LdapError::new(
-            LdapResultCode::NoSuchObject,
-            format!("no PAM identity for this entry (route '{}')", route.name),
-        ));
+        // 389 says noSuchObject here; that would tell an unauthenticated client the
+        // entry exists and which route took it.
+        return Plan::Reject {
+            err: invalid_credentials(),
+            detail: "the route's id_map yields no PAM identity for this entry",
+        };
     }
     Plan::Pam {
         route: index,
@@ -222,14 +461,16 @@ pub fn plan(
     }
 }
 
-/// The PAM user names `route`'s id_map yields, in order, without repeats.
-fn identities(route: &Route, bind: &SimpleBind, facts: &EntryFacts) -> Vec<String> {
+/// The PAM user names `route`'s id_map yields for the resolved entry, in order, without
+/// repeats. `rdn` takes the value of `rdn_attr` in the entry's RDN, so neither the
+/// client's spelling nor the order of a multi-valued RDN chooses the PAM user.
+pub fn identities(route: &Route, entry: &Entry, dn: &Dn) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for method in &route.id_map {
         let id = match method {
-            IdMap::Rdn => bind.dn.first_rdn_value(),
-            IdMap::Entry => facts.first(&route.id_attr),
-            IdMap::Dn => Some(bind.dn_text.as_str()),
+            IdMap::Rdn => dn.rdn_value(&route.rdn_attr),
+            IdMap::Entry => entry.first(&route.id_attr),
+            IdMap::Dn => Some(entry.dn.as_str()),
         };
         if let Some(id) = id.filter(|s| !s.is_empty()) {
             if !out.iter().any(|o| o == id) {
@@ -240,39 +481,45 @@ fn identities(route: &Route, bind: &SimpleBind, facts: &EntryFacts) -> Vec<Strin
     out
 }
 
+/// A bind the proxy refuses, and the response controls that go with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub err: LdapError,
+    /// Add the password-expired control.
+    pub pw_expired: bool,
+    /// Add a password policy response saying accountLocked (when requested).
+    pub account_locked: bool,
+}
+
+impl From<LdapError> for Refusal {
+    fn from(err: LdapError) -> Self {
+        Refusal {
+            err,
+            pw_expired: false,
+            account_locked: false,
+        }
+    }
+}
+
 /// What the client gets for a PAM bind.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Success,
-    Failure {
-        err: LdapError,
-        /// Add the password-expired control.
-        pw_expired: bool,
-        /// Add a password policy response saying accountLocked (when requested).
-        account_locked: bool,
-    },
+    Failure(Refusal),
     /// `fallback = true`: the directory's own password check decides.
     Fallback,
 }
 
 /// Maps a PAM result to the client's answer (DESIGN §2 step 9).
 pub fn judge(route: &Route, attempt: Attempt) -> Verdict {
-    let failure = |code, message: String| Verdict::Failure {
-        err: LdapError::new(code, message),
-        pw_expired: false,
-        account_locked: false,
-    };
-    let verdict = match attempt {
+    let failure = |code, message: String| LdapError::new(code, message).into();
+    let refusal: Refusal = match attempt {
         Attempt::Done(TicketResult::Completed(outcome)) => match outcome {
             PamOutcome::Success => return Verdict::Success,
             PamOutcome::AuthFailed | PamOutcome::UserUnknown | PamOutcome::CredentialsError => {
-                Verdict::Failure {
-                    err: invalid_credentials(),
-                    pw_expired: false,
-                    account_locked: false,
-                }
+                invalid_credentials().into()
             }
-            PamOutcome::MaxTries => Verdict::Failure {
+            PamOutcome::MaxTries => Refusal {
                 err: LdapError::new(
                     LdapResultCode::ConstraintViolation,
                     "Too many authentication failures",
@@ -284,7 +531,7 @@ pub fn judge(route: &Route, attempt: Attempt) -> Verdict {
                 LdapResultCode::UnwillingToPerform,
                 "Access denied by the account policy".into(),
             ),
-            PamOutcome::AccountExpired | PamOutcome::NewAuthtokRequired => Verdict::Failure {
+            PamOutcome::AccountExpired | PamOutcome::NewAuthtokRequired => Refusal {
                 err: invalid_credentials(),
                 pw_expired: true,
                 account_locked: false,
@@ -321,7 +568,7 @@ pub fn judge(route: &Route, attempt: Attempt) -> Verdict {
     if route.fallback {
         Verdict::Fallback
     } else {
-        verdict
+        Verdict::Failure(refusal)
     }
 }
 
@@ -332,73 +579,81 @@ fn invalid_credentials() -> LdapError {
 /// The end of a bind the proxy looked at.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Relay the original bind to the backend.
+    /// Relay the bind to the backend (the proxy's own encoding of it).
     Forward(&'static str),
-    /// Answer the client; the session stays anonymous.
-    Fail {
-        err: LdapError,
-        pw_expired: bool,
-        account_locked: bool,
-    },
-    /// PAM said yes. `link` is a backend connection bound as the service account, for
-    /// the session's later operations.
-    Bound { link: BackendStream },
+    /// Answer the client; the session is anonymous.
+    Fail(Refusal),
+    /// PAM said yes for the entry `dn` (its DN as the directory stores it). `link` is a
+    /// backend connection bound as the service account, for the session's later
+    /// operations.
+    Bound { link: BackendStream, dn: String },
 }
 
 /// What the log line of a bind reports besides its result.
 #[derive(Debug, Default, Clone)]
 pub struct Trail {
+    /// The entry the directory resolved the bind DN to.
+    pub entry: Option<String>,
     pub route: Option<String>,
     pub service: Option<String>,
     pub detail: Option<String>,
 }
 
-/// Steps 3–10 for a bind [`triage`] found candidates for: lookup, plan, PAM, and on
-/// success a service-bound backend connection.
+/// Steps 1–10 for a bind [`first_look`] left to the proxy: resolve the entry, plan, PAM,
+/// and on success a service-bound backend connection.
 pub async fn authenticate(
     config: &Config,
     lookup: &LookupPool,
     gate: &PamGate,
     bind: SimpleBind,
-    candidates: Vec<usize>,
     client: IpAddr,
     tls: bool,
 ) -> (Outcome, Trail) {
     let mut trail = Trail::default();
-    let (routes, attrs) = lookup_request(config, &candidates);
-    let facts = match lookup
-        .lookup(&config.backend, &bind.dn_text, &routes, &attrs)
-        .await
-    {
-        Ok(f) => f,
+    let resolution = match lookup.conn(&config.backend).await {
+        Ok(mut conn) => resolve(config, &mut conn, &bind, tls).await,
+        Err(e) => Err(e),
+    };
+    let resolution = match resolution {
+        Ok(r) => r,
         Err(e) => {
             trail.detail = Some(e.to_string());
             return (
-                fail(LdapError::new(
-                    LdapResultCode::Unavailable,
-                    format!("cannot look up the bind DN in the directory: {e}"),
-                )),
+                Outcome::Fail(
+                    LdapError::new(
+                        LdapResultCode::Unavailable,
+                        format!("cannot look up the bind DN in the directory: {e}"),
+                    )
+                    .into(),
+                ),
                 trail,
             );
         }
     };
-    let (route, identities) = match plan(config, &candidates, &bind, facts.as_ref(), tls) {
+    let Resolution {
+        resolved,
+        triage,
+        matched,
+        plan,
+    } = resolution;
+    if let Some(r) = &resolved {
+        trail.entry = Some(r.entry.dn.clone());
+    }
+    if let (Some(Triage::Candidates(c)), false) = (&triage, matched.is_empty()) {
+        trail.route = first_match(c, &matched).map(|i| config.routes[i].name.clone());
+    }
+    let (route, identities) = match plan {
         Plan::Forward(why) => return (Outcome::Forward(why), trail),
-        Plan::Reject(err) => {
-            if let Some(i) = facts.as_ref().and_then(|f| {
-                candidates
-                    .iter()
-                    .zip(&f.matched)
-                    .find(|(_, m)| **m)
-                    .map(|(i, _)| *i)
-            }) {
-                trail.route = Some(config.routes[i].name.clone());
-            }
-            return (fail(err), trail);
+        Plan::Reject { err, detail } => {
+            trail.detail = Some(detail.to_owned());
+            return (Outcome::Fail(err.into()), trail);
         }
         Plan::Pam { route, identities } => (&config.routes[route], identities),
     };
-    trail.route = Some(route.name.clone());
+    // Plan::Pam comes only from a resolved entry.
+    let Some(Resolved { entry, .. }) = resolved else {
+        return (Outcome::Forward("no such entry"), trail);
+    };
     trail.service = Some(route.pam_service.clone());
 
     let mut verdict = Verdict::Success;
@@ -422,43 +677,25 @@ pub async fn authenticate(
     match verdict {
         Verdict::Success => {}
         Verdict::Fallback => return (Outcome::Forward("PAM failed, fallback"), trail),
-        Verdict::Failure {
-            err,
-            pw_expired,
-            account_locked,
-        } => {
-            return (
-                Outcome::Fail {
-                    err,
-                    pw_expired,
-                    account_locked,
-                },
-                trail,
-            )
-        }
+        Verdict::Failure(refusal) => return (Outcome::Fail(refusal), trail),
     }
     // The session will act as this user through the service account: get that
     // connection now, so a success is only reported when it can be honoured.
     match backend::connect_as_service(&config.backend).await {
-        Ok(link) => (Outcome::Bound { link }, trail),
+        Ok(link) => (Outcome::Bound { link, dn: entry.dn }, trail),
         Err(e) => {
             trail.detail = Some(format!("PAM success, but {e}"));
             (
-                fail(LdapError::new(
-                    LdapResultCode::Unavailable,
-                    format!("directory unavailable after authentication: {e}"),
-                )),
+                Outcome::Fail(
+                    LdapError::new(
+                        LdapResultCode::Unavailable,
+                        format!("directory unavailable after authentication: {e}"),
+                    )
+                    .into(),
+                ),
                 trail,
             )
         }
-    }
-}
-
-fn fail(err: LdapError) -> Outcome {
-    Outcome::Fail {
-        err,
-        pw_expired: false,
-        account_locked: false,
     }
 }
 
@@ -496,30 +733,149 @@ pam_service = "csu"
 include_suffixes = ["ou=People,dc=example,dc=com"]
 "#;
 
-    fn bind(dn: &str) -> SimpleBind {
-        SimpleBind {
-            dn_text: dn.into(),
-            dn: Dn::parse(dn).unwrap(),
-            password: Password::from_vec(b"pw".to_vec()),
-            wants_authz_id: false,
-            wants_ppolicy: false,
+    fn entry(dn: &str, uid: &str, locked: bool) -> (Entry, Dn) {
+        (
+            Entry {
+                dn: dn.into(),
+                locked,
+                attrs: HashMap::from([("uid".to_owned(), vec![uid.to_owned()])]),
+            },
+            Dn::parse(dn).unwrap(),
+        )
+    }
+
+    fn request(version: i64, dn: &str, credentials: Credentials<'static>) -> Vec<u8> {
+        let dn: &'static str = Box::leak(dn.to_owned().into_boxed_str());
+        BindRequest {
+            msgid: 1,
+            version,
+            name: dn.as_bytes(),
+            credentials,
+            controls: Vec::new(),
+        }
+        .encode(None)
+        .to_vec()
+    }
+
+    fn look(c: &Config, msg: &[u8], tls: bool) -> FirstLook {
+        first_look(c, &crate::bind_request::parse(msg).unwrap(), tls)
+    }
+
+    #[test]
+    fn first_look_refuses_what_the_proxy_will_not_decide() {
+        let c = config(TWO, "");
+        let alice = "uid=alice,ou=People,dc=example,dc=com";
+        let code = |f: FirstLook| match f {
+            FirstLook::Refuse(e) => Some(e.code),
+            _ => None,
+        };
+        // LDAPv2 (389 would check the directory password): refused.
+        assert_eq!(
+            code(look(
+                &c,
+                &request(2, alice, Credentials::Simple(b"pw")),
+                true
+            )),
+            Some(LdapResultCode::ProtocolError)
+        );
+        // Password SASL mechanisms, in any case, and names that are not mechanism names.
+        for mech in [&b"PLAIN"[..], b"scram-sha-256", b"PLAIN\0", b"DIGEST-MD5"] {
+            let m = request(
+                3,
+                "",
+                Credentials::Sasl {
+                    mechanism: Box::leak(mech.to_vec().into_boxed_slice()),
+                    credentials: Some(b"\0alice\0alice-dirpw"),
+                },
+            );
+            assert_eq!(
+                code(look(&c, &m, true)),
+                Some(LdapResultCode::AuthMethodNotSupported),
+                "{mech:?}"
+            );
+        }
+        // EXTERNAL and GSSAPI go to the directory, spelled as listed.
+        let m = request(
+            3,
+            "",
+            Credentials::Sasl {
+                mechanism: b"external",
+                credentials: None,
+            },
+        );
+        assert!(matches!(
+            look(&c, &m, false),
+            FirstLook::Forward { mechanism: Some(ref m), .. } if m == "EXTERNAL"
+        ));
+        // Anonymous and unauthenticated binds are the directory's.
+        for (dn, pw) in [("", &b""[..]), (alice, b"")] {
+            assert!(matches!(
+                look(&c, &request(3, dn, Credentials::Simple(pw)), false),
+                FirstLook::Forward {
+                    mechanism: None,
+                    ..
+                }
+            ));
+        }
+        // Everything else with a name and a password is decided after the lookup, whatever
+        // the spelling.
+        for dn in [
+            alice,
+            "uid=al\\ice,ou=People,dc=example,dc=com",
+            "UID=ALICE ,ou=people;dc=x",
+        ] {
+            assert!(
+                matches!(
+                    look(&c, &request(3, dn, Credentials::Simple(b"pw")), true),
+                    FirstLook::Decide(_)
+                ),
+                "{dn}"
+            );
         }
     }
 
-    fn facts(matched: &[bool], uid: &str, locked: bool) -> EntryFacts {
-        EntryFacts {
-            locked,
-            attrs: HashMap::from([("uid".to_owned(), vec![uid.to_owned()])]),
-            matched: matched.to_vec(),
-        }
+    #[test]
+    fn clear_text_refusal_does_not_depend_on_the_dn() {
+        // Both routes secure (the default).
+        let c = config(&TWO.replace("secure = false\n", ""), "");
+        let pw = |dn: &str| request(3, dn, Credentials::Simple(b"wrong"));
+        let refusal = |dn: &str| match look(&c, &pw(dn), false) {
+            FirstLook::Refuse(e) => Some(e),
+            _ => None,
+        };
+        // Existing, missing, routed or not: in a secure route's scope, the same answer.
+        let a = refusal("uid=erin,ou=People,dc=example,dc=com").unwrap();
+        let b = refusal("uid=nobody,ou=People,dc=example,dc=com").unwrap();
+        let d = refusal("uid=noposix,ou=People,dc=example,dc=com").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, d);
+        assert_eq!(a.code, LdapResultCode::ConfidentialityRequired);
+        // Out of every secure route's scope: decided after the lookup.
+        assert!(refusal("cn=replication manager,cn=config").is_none());
+        assert!(refusal("cn=Directory Manager").is_none());
+        // Over TLS: never.
+        assert!(matches!(
+            look(&c, &pw("uid=erin,ou=People,dc=example,dc=com"), true),
+            FirstLook::Decide(_)
+        ));
+        // Where a route that is not secure may take the DN, the directory must say
+        // which route does first (see `plan`).
+        let mixed = config(TWO, "");
+        assert!(matches!(
+            look(&mixed, &pw("uid=erin,ou=People,dc=example,dc=com"), false),
+            FirstLook::Decide(_)
+        ));
     }
 
     #[test]
     fn triage_scopes() {
         let c = config(TWO, "");
         let t = |dn: &str| triage(&c, &Dn::parse(dn).unwrap());
-        assert_eq!(t("CN=Directory Manager"), Triage::NotOurs("root DN"));
-        assert_eq!(t("cn=x,cn=config"), Triage::NotOurs("excluded suffix"));
+        assert_eq!(t("CN=Directory Manager"), Triage::NotOurs(NotOurs::RootDn));
+        assert_eq!(
+            t("cn=x,cn=config"),
+            Triage::NotOurs(NotOurs::ExcludedSuffix)
+        );
         assert_eq!(
             t("uid=a,ou=People,dc=example,dc=com"),
             Triage::Candidates(vec![0, 1])
@@ -532,17 +888,17 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
         let t = |dn: &str| triage(&c, &Dn::parse(dn).unwrap());
         assert_eq!(
             t("uid=a,dc=example,dc=org"),
-            Triage::NotOurs("outside the included suffixes")
+            Triage::NotOurs(NotOurs::OutsideIncludedSuffixes)
         );
         assert_eq!(
             t("cn=app,ou=Services,dc=example,dc=com"),
-            Triage::NotOurs("excluded suffix")
+            Triage::NotOurs(NotOurs::ExcludedSuffix)
         );
         // cn=config is no longer excluded once exclude_suffixes is set explicitly, but
         // it is outside the included suffixes.
         assert_eq!(
             t("cn=config"),
-            Triage::NotOurs("outside the included suffixes")
+            Triage::NotOurs(NotOurs::OutsideIncludedSuffixes)
         );
     }
 
@@ -563,102 +919,87 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
     }
 
     #[test]
-    fn first_matching_route_wins_and_identities_follow_id_map() {
+    fn first_matching_route_wins_and_identities_come_from_the_entry() {
         let c = config(TWO, "");
-        let b = bind("uid=Alice,ou=People,dc=example,dc=com");
-        let p = plan(
-            &c,
-            &[0, 1],
-            &b,
-            Some(&facts(&[true, true], "alice", false)),
-            false,
-        );
+        let (e, dn) = entry("uid=Alice,ou=People,dc=example,dc=com", "alice", false);
         assert_eq!(
-            p,
+            plan(&c, &[0, 1], &[true, true], &e, &dn, false),
             Plan::Pam {
                 route: 0,
                 identities: vec!["Alice".into(), "alice".into()]
             }
         );
         // Same identity from rdn and entry: asked once.
-        let b = bind("uid=alice,ou=People,dc=example,dc=com");
-        let p = plan(
-            &c,
-            &[0, 1],
-            &b,
-            Some(&facts(&[true, false], "alice", false)),
-            false,
-        );
+        let (e, dn) = entry("uid=alice,ou=People,dc=example,dc=com", "alice", false);
         assert_eq!(
-            p,
+            plan(&c, &[0, 1], &[true, false], &e, &dn, false),
             Plan::Pam {
                 route: 0,
                 identities: vec!["alice".into()]
             }
         );
+        // rdn takes id_attr's value in the entry's RDN, whatever the order of its values,
+        // and nothing from an RDN of another type.
+        let route = &c.routes[0];
+        let (e, dn) = entry("cn=erin+uid=grace,ou=X,dc=example,dc=com", "grace", false);
+        assert_eq!(identities(route, &e, &dn), vec!["grace".to_owned()]);
+        let (mut e, dn) = entry("cn=erin,ou=X,dc=example,dc=com", "erin", false);
+        e.attrs.clear();
+        assert!(identities(route, &e, &dn).is_empty());
+        assert!(matches!(
+            plan(&c, &[0], &[true], &e, &dn, true),
+            Plan::Reject { ref err, .. } if err.code == LdapResultCode::InvalidCredentials
+        ));
     }
 
     #[test]
     fn refusals_before_pam() {
         let c = config(TWO, "");
-        let b = bind("uid=erin,ou=People,dc=example,dc=com");
+        let (e, dn) = entry("uid=erin,ou=People,dc=example,dc=com", "erin", false);
+        let code = |p: Plan| match p {
+            Plan::Reject { err, .. } => Some(err.code),
+            _ => None,
+        };
         // csu is secure by default: clear connection → 13.
-        let p = plan(
-            &c,
-            &[0, 1],
-            &b,
-            Some(&facts(&[false, true], "erin", false)),
-            false,
-        );
-        assert!(
-            matches!(p, Plan::Reject(ref e) if e.code == LdapResultCode::ConfidentialityRequired)
+        assert_eq!(
+            code(plan(&c, &[0, 1], &[false, true], &e, &dn, false)),
+            Some(LdapResultCode::ConfidentialityRequired)
         );
         assert!(matches!(
-            plan(
-                &c,
-                &[0, 1],
-                &b,
-                Some(&facts(&[false, true], "erin", false)),
-                true
-            ),
+            plan(&c, &[0, 1], &[false, true], &e, &dn, true),
             Plan::Pam { route: 1, .. }
         ));
-        // Lock wins over everything.
-        let p = plan(
-            &c,
-            &[0, 1],
-            &b,
-            Some(&facts(&[true, false], "erin", true)),
-            false,
-        );
-        assert!(matches!(p, Plan::Reject(ref e) if e.code == LdapResultCode::UnwillingToPerform));
-        // Nothing matches, or no entry: unmatched policy.
+        // Lock wins over everything but TLS (duo is not secure; csu is).
+        let (locked, _) = entry("uid=erin,ou=People,dc=example,dc=com", "erin", true);
         assert_eq!(
-            plan(
-                &c,
-                &[0, 1],
-                &b,
-                Some(&facts(&[false, false], "erin", false)),
-                false
-            ),
+            code(plan(&c, &[0, 1], &[true, false], &locked, &dn, false)),
+            Some(LdapResultCode::UnwillingToPerform)
+        );
+        assert_eq!(
+            code(plan(&c, &[0, 1], &[false, true], &locked, &dn, false)),
+            Some(LdapResultCode::ConfidentialityRequired)
+        );
+        // Nothing matches: on a clear connection in csu's (secure) scope, the same
+        // answer as for a routed entry; elsewhere the unmatched policy.
+        assert_eq!(
+            code(plan(&c, &[0, 1], &[false, false], &e, &dn, false)),
+            Some(LdapResultCode::ConfidentialityRequired)
+        );
+        assert_eq!(
+            plan(&c, &[0, 1], &[false, false], &e, &dn, true),
             Plan::Forward("no route matches")
         );
         assert_eq!(
-            plan(&c, &[0, 1], &b, None, false),
-            Plan::Forward("no such entry")
+            plan(&c, &[0], &[false], &e, &dn, false),
+            Plan::Forward("no route matches")
         );
         let c = config(TWO, "unmatched = \"reject\"\ninsecure = \"forward\"");
-        assert!(
-            matches!(plan(&c, &[0, 1], &b, None, false), Plan::Reject(ref e) if e.code == LdapResultCode::InvalidCredentials)
+        assert_eq!(
+            code(plan(&c, &[0, 1], &[false, false], &e, &dn, false)),
+            Some(LdapResultCode::InvalidCredentials)
         );
         assert_eq!(
-            plan(
-                &c,
-                &[0, 1],
-                &b,
-                Some(&facts(&[false, true], "erin", false)),
-                false
-            ),
+            plan(&c, &[0, 1], &[false, true], &e, &dn, false),
             Plan::Forward("secure route on a clear connection")
         );
     }
@@ -668,9 +1009,9 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
         let c = config(TWO, "");
         let r = &c.routes[0];
         let code = |res| match judge(r, res) {
-            Verdict::Failure {
+            Verdict::Failure(Refusal {
                 err, pw_expired, ..
-            } => (err.code, pw_expired),
+            }) => (err.code, pw_expired),
             other => panic!("{other:?}"),
         };
         let done = |o| Attempt::Done(TicketResult::Completed(o));

@@ -113,6 +113,9 @@ pub struct BindConfig {
     pub unmatched: Unmatched,
     pub identity: Identity,
     pub insecure: Insecure,
+    /// SASL mechanisms forwarded to the directory, upper-cased; every other SASL bind
+    /// gets authMethodNotSupported (DESIGN §7).
+    pub forward_sasl: Vec<String>,
 }
 
 /// What to do with a configured suffix the backend does not hold (389's pamMissingSuffix).
@@ -173,7 +176,11 @@ pub struct Route {
     pub filter: Option<LdapFilter>,
     pub pam_service: String,
     pub id_map: Vec<IdMap>,
+    /// The attribute `entry` reads.
     pub id_attr: String,
+    /// The attribute type `rdn` takes from the entry's RDN (lower case); an RDN without
+    /// it yields no identity.
+    pub rdn_attr: String,
     /// A failed PAM bind is handed to the directory's own password check.
     pub fallback: bool,
     /// PAM binds only over TLS.
@@ -193,7 +200,7 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdMap {
-    /// The value of the DN's first RDN.
+    /// The value of `rdn_attr` in the resolved entry's RDN.
     Rdn,
     /// The first value of `id_attr` in the entry.
     Entry,
@@ -275,6 +282,7 @@ struct RawBind {
     unmatched: Option<Unmatched>,
     identity: Option<Identity>,
     insecure: Option<Insecure>,
+    forward_sasl: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,6 +302,7 @@ struct RawRoute {
     pam_service: Spanned<String>,
     id_map: Option<Spanned<Vec<IdMap>>>,
     id_attr: Option<Spanned<String>>,
+    rdn_attr: Option<Spanned<String>>,
     #[serde(default)]
     fallback: bool,
     secure: Option<bool>,
@@ -481,6 +490,22 @@ impl Config {
             unmatched: raw.bind.unmatched.unwrap_or(Unmatched::Forward),
             identity: raw.bind.identity.unwrap_or(Identity::ProxyAuthz),
             insecure: raw.bind.insecure.unwrap_or(Insecure::Reject),
+            forward_sasl: match &raw.bind.forward_sasl {
+                Some(list) => list
+                    .iter()
+                    .map(|m| {
+                        crate::bind_request::sasl_mechanism(m.get_ref().as_bytes()).ok_or_else(
+                            || {
+                                at.error(
+                                    m,
+                                    "bind.forward_sasl: not a SASL mechanism name (RFC 4422: 1-20 of A-Z 0-9 - _)",
+                                )
+                            },
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => vec!["EXTERNAL".to_owned(), "GSSAPI".to_owned()],
+            },
         };
         let pam = PamConfig {
             workers: at.positive(raw.pam.workers.as_ref(), "pam.workers", 64)?,
@@ -755,6 +780,22 @@ impl Locator<'_> {
             Some(a) => a.get_ref().trim().to_owned(),
             None => "uid".to_owned(),
         };
+        let rdn_attr = match &raw.rdn_attr {
+            Some(a)
+                if a.get_ref().is_empty()
+                    || !a
+                        .get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
+            {
+                return Err(self.error(
+                    a,
+                    format!("{}: not an attribute type name", key("rdn_attr")),
+                ))
+            }
+            Some(a) => a.get_ref().to_ascii_lowercase(),
+            None => "uid".to_owned(),
+        };
         let passcode_delimiter = match &raw.passcode_delimiter {
             Some(d) if d.get_ref().is_empty() => {
                 return Err(self.error(
@@ -769,6 +810,7 @@ impl Locator<'_> {
             pam_service: service,
             id_map,
             id_attr,
+            rdn_attr,
             fallback: raw.fallback,
             secure: raw.secure.unwrap_or(true),
             timeout: self.duration(

@@ -152,6 +152,20 @@ impl Dn {
     }
 }
 
+impl Dn {
+    /// The value of the leftmost RDN's `attr` (compared case-insensitively), however many
+    /// values that RDN has and in whatever order they were written: the `rdn` identity of
+    /// a route whose `id_attr` is `attr`.
+    pub fn rdn_value(&self, attr: &str) -> Option<&str> {
+        self.rdns
+            .first()?
+            .0
+            .iter()
+            .find(|a| a.attr.eq_ignore_ascii_case(attr))
+            .map(|a| a.value.as_str())
+    }
+}
+
 impl Rdn {
     /// The comparison key: (type, normalised value) pairs in a fixed order.
     fn key(&self) -> Vec<(&str, &str)> {
@@ -248,6 +262,9 @@ mod tests {
         assert_eq!(dn("cn=caf\\c3\\a9,dc=x").first_rdn_value(), Some("café"));
         assert_eq!(dn("uid=Bob,dc=x").first_rdn_value(), Some("Bob"));
         assert_eq!(dn("cn=a+sn=b,dc=x"), dn("sn=B+cn=A,dc=x"));
+        assert_eq!(dn("cn=erin+uid=grace,dc=x").rdn_value("UID"), Some("grace"));
+        assert_eq!(dn("cn=erin,dc=x").rdn_value("uid"), None);
+        assert_eq!(dn("uid=a,uid=b").rdn_value("uid"), Some("a"));
     }
 
     #[test]

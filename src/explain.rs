@@ -6,11 +6,11 @@
 //! The bind is taken to arrive over TLS, so a secure route shows the PAM transaction it
 //! leads to; what a clear connection would get instead is its own line.
 
-use crate::bind::{self, Plan, SimpleBind, Triage};
+use crate::bind::{self, NotOurs, Plan, Resolved, SimpleBind, Triage};
 use crate::check;
-use crate::config::{Config, IdMap, Insecure, Route, Unmatched};
+use crate::config::{Config, IdMap, Insecure, Route};
 use crate::dn::{Dn, DnError};
-use crate::lookup::{EntryFacts, LookupError, LookupPool};
+use crate::lookup::{LookupError, LookupPool};
 use crate::secret::Password;
 
 /// `explain` could not decide.
@@ -76,22 +76,58 @@ pub async fn explain(
         return Ok(out);
     }
     out.push(format!("normalised: {parsed}"));
+    let bind = SimpleBind {
+        name: dn.to_owned(),
+        spelled: Some(parsed),
+        password: Password::from_vec(b"not-a-password".to_vec()),
+        wants_authz_id: false,
+        wants_ppolicy: false,
+    };
+    let lookup_error = |source| ExplainError::Lookup {
+        dn: dn.to_owned(),
+        source,
+    };
+    let mut conn = lookup.conn(&config.backend).await.map_err(lookup_error)?;
+    let resolution = bind::resolve(config, &mut conn, &bind, true)
+        .await
+        .map_err(lookup_error)?;
+    drop(conn);
 
-    let candidates = match bind::triage(config, &parsed) {
-        Triage::NotOurs(why) => {
+    match &resolution.resolved {
+        None => out.push("entry: no such entry (read as the service account)".into()),
+        Some(r) => {
+            out.push("entry: exists".into());
+            out.push(format!("entry dn: {}", r.entry.dn));
+            out.push(format!(
+                "locked: {}",
+                if r.entry.locked {
+                    "yes (nsAccountLock: true)"
+                } else {
+                    "no"
+                }
+            ));
+        }
+    }
+    match &resolution.triage {
+        Some(Triage::NotOurs(why)) => {
+            let at = resolution
+                .resolved
+                .as_ref()
+                .map(|r| &r.dn)
+                .or(bind.spelled.as_ref());
             let detail = match why {
-                "root DN" => format!("backend.root_dn is {}", config.backend.root_dn),
-                "excluded suffix" => {
+                NotOurs::RootDn => format!("backend.root_dn is {}", config.backend.root_dn),
+                NotOurs::ExcludedSuffix => {
                     let s = config
                         .bind
                         .exclude_suffixes
                         .iter()
-                        .find(|s| parsed.is_within(s))
+                        .find(|s| at.is_some_and(|d| d.is_within(s)))
                         .map(ToString::to_string)
                         .unwrap_or_default();
                     format!("at or under bind.exclude_suffixes entry {s}")
                 }
-                _ => format!(
+                NotOurs::OutsideIncludedSuffixes => format!(
                     "not under any of bind.include_suffixes: {}",
                     config
                         .bind
@@ -102,112 +138,68 @@ pub async fn explain(
                         .join("; ")
                 ),
             };
+            let why = why.reason();
             out.push(format!("scope: not the proxy's: {why} ({detail})"));
             out.push(format!(
                 "decision: forward to the directory unchanged ({why}): its own password check decides"
             ));
             return Ok(out);
         }
-        Triage::Unmatched if config.routes.is_empty() => {
+        Some(Triage::Unmatched) if config.routes.is_empty() => {
             out.push("scope: in scope, but no routes are configured".into());
-            push_unmatched(config, "no route applies", &mut out);
-            return Ok(out);
         }
-        Triage::Unmatched => {
-            out.push(
-                "scope: in scope, but no route admits this DN (every route's include_suffixes/exclude_suffixes leave it out)"
-                    .into(),
-            );
-            push_unmatched(config, "no route applies", &mut out);
-            return Ok(out);
-        }
-        Triage::Candidates(c) => c,
-    };
-    let names = |idx: &mut dyn Iterator<Item = usize>| -> String {
-        idx.map(|i| config.routes[i].name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    out.push(format!(
-        "scope: in scope; candidate routes in order: {}",
-        names(&mut candidates.iter().copied())
-    ));
-    let outside: Vec<usize> = (0..config.routes.len())
-        .filter(|i| !candidates.contains(i))
-        .collect();
-    if !outside.is_empty() {
-        out.push(format!(
-            "not candidates (their suffixes leave this DN out): {}",
-            names(&mut outside.into_iter())
-        ));
-    }
-
-    let (routes, attrs) = bind::lookup_request(config, &candidates);
-    let facts = lookup
-        .lookup(&config.backend, dn, &routes, &attrs)
-        .await
-        .map_err(|source| ExplainError::Lookup {
-            dn: dn.to_owned(),
-            source,
-        })?;
-    let bind = SimpleBind {
-        dn_text: dn.to_owned(),
-        dn: parsed,
-        password: Password::from_vec(b"not-a-password".to_vec()),
-        wants_authz_id: false,
-        wants_ppolicy: false,
-    };
-    let plan = bind::plan(config, &candidates, &bind, facts.as_ref(), true);
-
-    let Some(facts) = facts else {
-        out.push("entry: no such entry (read as the service account)".into());
-        push_unmatched(config, "no such entry", &mut out);
-        return Ok(out);
-    };
-    out.push("entry: exists".into());
-    out.push(format!(
-        "locked: {}",
-        if facts.locked {
-            "yes (nsAccountLock: true)"
-        } else {
-            "no"
-        }
-    ));
-    for (route, matched) in routes.iter().zip(&facts.matched) {
-        out.push(format!(
-            "route {}: {}",
-            route.name,
-            match (&route.filter, matched) {
-                (None, true) => "matches (no filter)",
-                (None, false) => "does not match (no filter, but the entry was not returned)",
-                (Some(_), true) => "filter matches",
-                (Some(_), false) => "filter does not match",
+        Some(Triage::Unmatched) => out.push(
+            "scope: in scope, but no route admits this DN (every route's include_suffixes/exclude_suffixes leave it out)"
+                .into(),
+        ),
+        Some(Triage::Candidates(candidates)) => {
+            let names = |idx: &mut dyn Iterator<Item = usize>| -> String {
+                idx.map(|i| config.routes[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push(format!(
+                "scope: in scope; candidate routes in order: {}",
+                names(&mut candidates.iter().copied())
+            ));
+            let outside: Vec<usize> = (0..config.routes.len())
+                .filter(|i| !candidates.contains(i))
+                .collect();
+            if !outside.is_empty() {
+                out.push(format!(
+                    "not candidates (their suffixes leave this DN out): {}",
+                    names(&mut outside.into_iter())
+                ));
             }
-        ));
-    }
-    let chosen = candidates
-        .iter()
-        .zip(&facts.matched)
-        .find(|(_, m)| **m)
-        .map(|(i, _)| &config.routes[*i]);
-    match chosen {
-        Some(route) => {
-            describe_route(config, route, &bind, &facts, &mut out);
-            push_plan_end(config, plan, &mut out);
+            for (i, matched) in candidates.iter().zip(&resolution.matched) {
+                let route = &config.routes[*i];
+                out.push(format!(
+                    "route {}: {}",
+                    route.name,
+                    match (&route.filter, matched) {
+                        (None, true) => "matches (no filter)",
+                        (None, false) =>
+                            "does not match (no filter, but the entry was not returned)",
+                        (Some(_), true) => "filter matches",
+                        (Some(_), false) => "filter does not match",
+                    }
+                ));
+            }
+            if let (Some(i), Some(r)) = (
+                bind::first_match(candidates, &resolution.matched),
+                &resolution.resolved,
+            ) {
+                describe_route(config, &config.routes[i], r, &mut out);
+            }
         }
-        None => push_unmatched(config, "no route matches", &mut out),
+        None => {}
     }
+    push_plan_end(config, resolution.plan, &mut out);
     Ok(out)
 }
 
 /// The route's settings that matter for this bind.
-fn describe_route(
-    config: &Config,
-    route: &Route,
-    bind: &SimpleBind,
-    facts: &EntryFacts,
-    out: &mut Vec<String>,
-) {
+fn describe_route(config: &Config, route: &Route, resolved: &Resolved, out: &mut Vec<String>) {
     out.push(format!("route: {} (the first that matches)", route.name));
     out.push(format!("pam service: {}", route.pam_service));
     let dirs = check::pam_service_dirs();
@@ -222,13 +214,17 @@ fn describe_route(
         .id_map
         .iter()
         .map(|m| match m {
-            IdMap::Rdn => format!("rdn → {}", bind.dn.first_rdn_value().unwrap_or("(none)")),
+            IdMap::Rdn => format!(
+                "rdn {} → {}",
+                route.rdn_attr,
+                resolved.dn.rdn_value(&route.rdn_attr).unwrap_or("(none)")
+            ),
             IdMap::Entry => format!(
                 "entry {} → {}",
                 route.id_attr,
-                facts.first(&route.id_attr).unwrap_or("(none)")
+                resolved.entry.first(&route.id_attr).unwrap_or("(none)")
             ),
-            IdMap::Dn => format!("dn → {}", bind.dn_text),
+            IdMap::Dn => format!("dn → {}", resolved.entry.dn),
         })
         .collect();
     out.push(format!("id_map: {}", methods.join("; ")));
@@ -254,22 +250,11 @@ fn describe_route(
     out.push(format!("timeout: {:?}", route.timeout));
 }
 
-fn push_unmatched(config: &Config, why: &str, out: &mut Vec<String>) {
-    out.push(match config.bind.unmatched {
-        Unmatched::Forward => format!(
-            "decision: forward to the directory ({why}; unmatched = \"forward\"): its own password check decides"
-        ),
-        Unmatched::Reject => format!(
-            "decision: reject with invalidCredentials (49) ({why}; unmatched = \"reject\")"
-        ),
-    });
-}
-
 fn push_plan_end(config: &Config, plan: Plan, out: &mut Vec<String>) {
     match plan {
         Plan::Forward(why) => out.push(format!("decision: forward to the directory ({why})")),
-        Plan::Reject(err) => out.push(format!(
-            "decision: reject with {}: {}",
+        Plan::Reject { err, detail } => out.push(format!(
+            "decision: reject with {}: {} ({detail})",
             code_name(&err.code),
             err.message
         )),

@@ -429,6 +429,11 @@ pub fn import_389(text: &str, origin: &str) -> Result<Imported, ImportError> {
             pam_entries.push(p);
         }
     }
+    if pam_entries.iter().any(|p| p.id_map.contains(&"rdn")) {
+        warnings.push(format!(
+            "{origin}: pamIDMapMethod RDN: 389 takes the value of the first RDN whatever its type; the proxy takes only the `rdn_attr` value (default uid) of the resolved entry's RDN, so a client cannot choose the PAM user by how it writes the DN: set rdn_attr if your entries are named by another attribute"
+        ));
+    }
     if pam_entries.is_empty() {
         warnings.push(format!(
             "{origin}: no usable PAM configuration entry: every bind would go to the directory's own password check"

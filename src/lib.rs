@@ -6,7 +6,9 @@
 //! [`backend`] connection, and [`proto`] builds the answers the proxy gives itself.
 
 pub mod backend;
+pub mod ber;
 pub mod bind;
+pub mod bind_request;
 pub mod check;
 pub mod config;
 pub mod dn;

@@ -18,25 +18,26 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// At most this many lookup connections; more lookups wait for one.
 const POOL_SIZE: usize = 4;
 /// A lookup the directory does not answer in this time fails (and its connection is dropped).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the directory told about a bind DN's entry.
+/// A bind DN's entry as the directory resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryFacts {
+pub struct Entry {
+    /// The entry's DN as the directory returned it (its stored spelling), not the
+    /// client's.
+    pub dn: String,
     /// `nsAccountLock: true`.
     pub locked: bool,
     /// Requested attributes by lower-cased name.
     pub attrs: HashMap<String, Vec<String>>,
-    /// For each route asked about, in the order given: whether its filter matched.
-    pub matched: Vec<bool>,
 }
 
-impl EntryFacts {
+impl Entry {
     /// The first value of `attr`.
     pub fn first(&self, attr: &str) -> Option<&str> {
         self.attrs
@@ -81,55 +82,115 @@ impl Default for LookupPool {
 }
 
 impl LookupPool {
-    /// Reads `dn`'s entry and evaluates each route's filter on it. `Ok(None)` when the
-    /// entry does not exist. `attrs` are the attributes to return (identity attributes).
-    pub async fn lookup(
-        &self,
-        cfg: &BackendConfig,
-        dn: &str,
-        routes: &[&Route],
-        attrs: &[&str],
-    ) -> Result<Option<EntryFacts>, LookupError> {
-        let _slot = self
+    /// A service-bound connection from the pool (or a new one), for one bind's questions.
+    pub async fn conn<'p>(&'p self, cfg: &'p BackendConfig) -> Result<LookupConn<'p>, LookupError> {
+        let slot = self
             .slots
             .acquire()
             .await
             .map_err(|_| LookupError::Io("lookup pool closed".into()))?;
         let pooled = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
-        // A pooled connection may have been closed by the directory (idle timeout,
-        // restart) since its last use: on failure, try once more on a fresh one.
-        if let Some(mut conn) = pooled {
-            if let Ok(facts) = self.run(&mut conn, dn, routes, attrs).await {
-                self.put_back(conn);
-                return Ok(facts);
+        Ok(LookupConn {
+            pool: self,
+            cfg,
+            reused: pooled.is_some(),
+            conn: pooled,
+            _slot: slot,
+        })
+    }
+}
+
+/// A lookup connection lent to one bind; it goes back to the pool when dropped, unless a
+/// question on it failed or was cut short (its stream may hold an answer nobody read).
+pub struct LookupConn<'p> {
+    pool: &'p LookupPool,
+    cfg: &'p BackendConfig,
+    conn: Option<Conn>,
+    /// `conn` came from the pool: the directory may have closed it since.
+    reused: bool,
+    _slot: SemaphorePermit<'p>,
+}
+
+impl LookupConn<'_> {
+    /// Resolves `name` (the client's spelling of a DN) to the entry the directory holds,
+    /// reading `nsAccountLock` and `attrs` with it. `Ok(None)` when there is no such entry
+    /// (or the service account cannot see it).
+    pub async fn entry(
+        &mut self,
+        name: &str,
+        attrs: &[&str],
+    ) -> Result<Option<Entry>, LookupError> {
+        let mut wanted: Vec<String> = vec!["nsAccountLock".into()];
+        wanted.extend(attrs.iter().map(|a| a.to_string()));
+        let any = LdapFilter::Present("objectClass".into());
+        let found = match self.ask(name, any.clone(), wanted.clone()).await {
+            // A pooled connection may have been closed by the directory (idle timeout,
+            // restart) since its last use: try once more on a fresh one.
+            Err(LookupError::Io(_) | LookupError::Timeout(_)) if self.reused => {
+                self.reused = false;
+                self.ask(name, any, wanted).await?
             }
-        }
-        let mut conn = Conn {
-            stream: backend::connect_as_service(cfg).await?,
-            buf: BytesMut::with_capacity(4096),
-            next_id: 1,
+            other => other?,
         };
-        let facts = self.run(&mut conn, dn, routes, attrs).await?;
-        self.put_back(conn);
-        Ok(facts)
+        Ok(found.map(|(dn, attrs)| Entry {
+            locked: attrs
+                .get("nsaccountlock")
+                .is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case("true"))),
+            dn,
+            attrs,
+        }))
     }
 
-    fn put_back(&self, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock() {
+    /// For each route in order, whether its filter matches the entry `dn` (a DN the
+    /// directory returned). One base search at a time: 389 DS serves a request that
+    /// arrives behind another in the same packet only at its next poll wakeup (measured
+    /// here: 100–200 ms per pipelined lookup), while a lone base search takes about 0.2 ms.
+    pub async fn matches(&mut self, dn: &str, routes: &[&Route]) -> Result<Vec<bool>, LookupError> {
+        let mut matched = Vec::with_capacity(routes.len());
+        for route in routes {
+            let filter = route
+                .filter
+                .clone()
+                .unwrap_or_else(|| LdapFilter::Present("objectClass".into()));
+            matched.push(self.ask(dn, filter, vec!["1.1".into()]).await?.is_some());
+        }
+        Ok(matched)
+    }
+
+    /// One base search, bounded by [`LOOKUP_TIMEOUT`]; the connection is kept only when
+    /// the answer was read to its end.
+    async fn ask(
+        &mut self,
+        dn: &str,
+        filter: LdapFilter,
+        attrs: Vec<String>,
+    ) -> Result<Option<(String, HashMap<String, Vec<String>>)>, LookupError> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                self.reused = false;
+                Conn {
+                    stream: backend::connect_as_service(self.cfg).await?,
+                    buf: BytesMut::with_capacity(4096),
+                    next_id: 1,
+                }
+            }
+        };
+        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, conn.base(dn, filter, attrs))
+            .await
+            .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?;
+        if answer.is_ok() {
+            self.conn = Some(conn);
+        }
+        answer
+    }
+}
+
+impl Drop for LookupConn<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.idle.lock()) {
             idle.push(conn);
         }
-    }
-
-    async fn run(
-        &self,
-        conn: &mut Conn,
-        dn: &str,
-        routes: &[&Route],
-        attrs: &[&str],
-    ) -> Result<Option<EntryFacts>, LookupError> {
-        tokio::time::timeout(LOOKUP_TIMEOUT, conn.query(dn, routes, attrs))
-            .await
-            .map_err(|_| LookupError::Timeout(LOOKUP_TIMEOUT))?
     }
 }
 
@@ -141,45 +202,14 @@ impl Conn {
         id
     }
 
-    /// One base search per question, each waiting for its answer: 389 DS serves a
-    /// request that arrives behind another in the same packet only at its next poll
-    /// wakeup (measured here: 100–200 ms per pipelined lookup), while a lone base
-    /// search takes about 0.2 ms.
-    async fn query(
-        &mut self,
-        dn: &str,
-        routes: &[&Route],
-        attrs: &[&str],
-    ) -> Result<Option<EntryFacts>, LookupError> {
-        let mut wanted: Vec<String> = vec!["nsAccountLock".into()];
-        wanted.extend(attrs.iter().map(|a| a.to_string()));
-        let any = LdapFilter::Present("objectClass".into());
-        let Some(attrs) = self.base(dn, any.clone(), wanted).await? else {
-            return Ok(None);
-        };
-        let mut matched = Vec::with_capacity(routes.len());
-        for route in routes {
-            let filter = route.filter.clone().unwrap_or_else(|| any.clone());
-            matched.push(self.base(dn, filter, vec!["1.1".into()]).await?.is_some());
-        }
-        let locked = attrs
-            .get("nsaccountlock")
-            .is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case("true")));
-        Ok(Some(EntryFacts {
-            locked,
-            attrs,
-            matched,
-        }))
-    }
-
-    /// A base search of `dn`: its attributes when the entry matches `filter`, `None`
-    /// when it does not match or does not exist.
+    /// A base search of `dn`: the entry's DN and attributes when it matches `filter`,
+    /// `None` when it does not match or does not exist.
     async fn base(
         &mut self,
         dn: &str,
         filter: LdapFilter,
         attrs: Vec<String>,
-    ) -> Result<Option<HashMap<String, Vec<String>>>, LookupError> {
+    ) -> Result<Option<(String, HashMap<String, Vec<String>>)>, LookupError> {
         let io = |e: std::io::Error| LookupError::Io(e.to_string());
         let id = self.take_id();
         self.stream
@@ -203,19 +233,19 @@ impl Conn {
             }
             match msg.op {
                 LdapOp::SearchResultEntry(e) => {
-                    found = Some(
-                        e.attributes
-                            .into_iter()
-                            .map(|a| {
-                                let values = a
-                                    .vals
-                                    .into_iter()
-                                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                                    .collect();
-                                (a.atype.to_ascii_lowercase(), values)
-                            })
-                            .collect(),
-                    );
+                    let attrs = e
+                        .attributes
+                        .into_iter()
+                        .map(|a| {
+                            let values = a
+                                .vals
+                                .into_iter()
+                                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                                .collect();
+                            (a.atype.to_ascii_lowercase(), values)
+                        })
+                        .collect();
+                    found = Some((e.dn, attrs));
                 }
                 LdapOp::SearchResultDone(r) => {
                     return match r.code {

@@ -12,14 +12,14 @@
 //! [`ClientStream`] as before, with `tls` set.
 
 use crate::backend::{self, BackendStream, Unreachable};
-use crate::bind::{self, Outcome, SimpleBind, Trail, Triage};
+use crate::bind::{self, FirstLook, Outcome, Refusal, Trail};
+use crate::bind_request;
 use crate::config::{Config, Identity};
 use crate::dn::Dn;
 use crate::frame::{self, op, Envelope, FrameError};
-use crate::message::{self, BindAuth};
+use crate::message;
 use crate::metrics;
 use crate::proto::{self, LdapError};
-use crate::secret::Password;
 use crate::server::Shared;
 use crate::tls::{self, ClientStream, Stream};
 use bytes::{Buf, Bytes, BytesMut};
@@ -45,8 +45,10 @@ const HIGH_WATER: usize = 256 * 1024;
 /// How much room a read is given.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Requests held behind a pending bind beyond this many get operationsError.
+/// Requests held behind a pending bind: beyond this many, or this many bytes, the session
+/// stops reading from the client until the bind is decided (backpressure).
 const MAX_HELD: usize = 64;
+const MAX_HELD_BYTES: usize = HIGH_WATER;
 
 const OID_WHOAMI: &[u8] = b"1.3.6.1.4.1.4203.1.11.3";
 const OID_PASSWD_MODIFY: &[u8] = b"1.3.6.1.4.1.4203.1.11.1";
@@ -85,8 +87,10 @@ enum Auth {
 
 /// What waits for the backend stream to reach a message boundary.
 enum AtBoundary {
-    /// A PAM success: the session moves to its service-bound connection.
-    Bound(Outcome, Trail),
+    /// A bind the proxy decided that replaces the backend connection: a PAM success
+    /// (the session moves to its service-bound connection) or a refusal on a connection
+    /// that a directory bind may have authenticated (the session must become anonymous).
+    Decided(Outcome, Trail),
     /// A new bind (first in `held`) that drops the service-bound connection.
     Bind,
 }
@@ -102,8 +106,9 @@ struct ForwardedBind {
 /// A bind the proxy is deciding itself.
 struct PendingBind {
     msgid: i32,
-    /// The original request, relayed unchanged if the decision is to forward it.
-    request: Bytes,
+    /// The proxy's own encoding of the request, relayed if the decision is to forward it.
+    request: zeroize::Zeroizing<Vec<u8>>,
+    /// The bind DN as the client spelled it.
     dn: String,
     wants_authz_id: bool,
     wants_ppolicy: bool,
@@ -125,6 +130,8 @@ struct Backend {
     stream: BackendStream,
     /// Bound as the proxy's service account: only a PAM-bound session may use it.
     as_service: bool,
+    /// A bind was relayed on it: the directory may hold it authenticated as someone.
+    directory_bind: bool,
     _counted: metrics::BackendConnection,
     /// Bytes read from the backend and not yet passed to the client.
     inbuf: BytesMut,
@@ -164,10 +171,11 @@ pub struct Session {
     upgrading: bool,
     auth: Auth,
     pending: Option<PendingBind>,
-    /// A bind relayed for the directory to decide, logged when its answer passes.
-    forwarded: Option<ForwardedBind>,
-    /// Requests received while a bind is pending, in order.
+    /// Binds relayed for the directory to decide, each logged when its answer passes.
+    forwarded: Vec<ForwardedBind>,
+    /// Requests received while a bind is pending, in order, and their total size.
     held: VecDeque<(Envelope, Bytes)>,
+    held_bytes: usize,
     /// Work that replaces the backend connection, waiting for the response being passed
     /// to the client to end: nothing may follow half a message.
     at_boundary: Option<AtBoundary>,
@@ -232,8 +240,9 @@ impl Session {
             upgrading: false,
             auth: Auth::Directory,
             pending: None,
-            forwarded: None,
+            forwarded: Vec::new(),
             held: VecDeque::new(),
+            held_bytes: 0,
             at_boundary: None,
             from_client: BytesMut::with_capacity(READ_CHUNK),
             to_client: BytesMut::new(),
@@ -364,7 +373,15 @@ impl Session {
         }
 
         if !self.draining {
-            if self.to_backend.len() < HIGH_WATER && !self.upgrading {
+            // Relayed requests are bounded through the backend (its responses stop at
+            // HIGH_WATER); the second bound is for answers the proxy makes itself, which
+            // a client that never reads could otherwise pile up.
+            if self.to_backend.len() < HIGH_WATER
+                && self.to_client.len() + self.local_pending.len() < 2 * HIGH_WATER
+                && !self.upgrading
+                && self.held.len() < MAX_HELD
+                && self.held_bytes < MAX_HELD_BYTES
+            {
                 self.from_client.reserve(READ_CHUNK);
                 match poll_read_buf(Pin::new(client), cx, &mut self.from_client) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientGone(None)),
@@ -389,7 +406,7 @@ impl Session {
     fn take_requests(&mut self) {
         self.last_activity = Instant::now();
         let limit = self.config.limits.max_message_size;
-        while !self.closing && !self.upgrading {
+        while !self.closing && !self.upgrading && !self.holding_full() {
             let env = match frame::peek(&self.from_client, limit) {
                 Ok(Some(env)) if self.from_client.len() >= env.len => env,
                 Ok(_) => return,
@@ -413,15 +430,17 @@ impl Session {
         match env.op {
             op::UNBIND_REQUEST => self.closing = true,
             op::ABANDON_REQUEST => self.abandon_while_pending(env, msg),
-            _ if self.held.len() >= MAX_HELD => self.reply(
-                env,
-                &LdapError::new(
-                    LdapResultCode::OperationsError,
-                    "too many operations sent while a bind is in progress",
-                ),
-            ),
-            _ => self.held.push_back((env, msg)),
+            _ => {
+                self.held_bytes += msg.len();
+                self.held.push_back((env, msg));
+            }
         }
+    }
+
+    /// As many requests are held behind a pending bind as a session may hold: read no
+    /// more from the client until the bind is decided.
+    fn holding_full(&self) -> bool {
+        self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES
     }
 
     fn dispatch(&mut self, env: Envelope, msg: Bytes) {
@@ -452,6 +471,7 @@ impl Session {
             // Nothing to abandon on a backend connection that was never opened.
             op::ABANDON_REQUEST if matches!(self.link, Link::Idle) => {}
             op::BIND_REQUEST if self.mid_response() && self.on_service_link() => {
+                self.held_bytes += msg.len();
                 self.held.push_front((env, msg));
                 self.at_boundary = Some(AtBoundary::Bind);
             }
@@ -468,8 +488,10 @@ impl Session {
     fn release_held(&mut self) {
         while self.pending.is_none() && self.at_boundary.is_none() && !self.closing {
             let Some((env, msg)) = self.held.pop_front() else {
-                return;
+                // Requests left unread while the queue was full.
+                return self.take_requests();
             };
+            self.held_bytes -= msg.len();
             self.dispatch(env, msg);
         }
     }
@@ -485,14 +507,18 @@ impl Session {
             }
             p.abandoned = true;
         } else if let Some(i) = self.held.iter().position(|(e, _)| e.msgid == target) {
-            self.held.remove(i);
+            if let Some((_, m)) = self.held.remove(i) {
+                self.held_bytes -= m.len();
+            }
         } else if !matches!(self.link, Link::Idle) {
             self.relay(env, &msg);
         }
     }
 
-    /// Every bind starts by returning the session to anonymous (RFC 4511 §4.2.1); then
-    /// either the directory decides it (relayed unchanged) or the proxy does.
+    /// Every bind starts by returning the session to anonymous (RFC 4511 §4.2.1). The
+    /// proxy then reads the whole request: what it cannot read is refused, what is not
+    /// its to decide goes to the directory in the proxy's own encoding, and a simple bind
+    /// with a name and a password is decided by the proxy (DESIGN §2, §7).
     fn bind(&mut self, env: Envelope, msg: Bytes) {
         self.auth = Auth::Directory;
         if matches!(&self.link, Link::Up(b) if b.as_service) {
@@ -503,93 +529,80 @@ impl Session {
                 return;
             }
         }
-        let Some(bind) = self.simple_bind(&msg) else {
-            let dn = message::bind_request(&msg)
-                .map(|b| String::from_utf8_lossy(b.dn).into_owned())
-                .unwrap_or_default();
-            return self.forward_bind(env, &msg, dn, "not a simple bind with DN and password");
+        let request = match bind_request::parse(&msg) {
+            Ok(r) => r,
+            Err(e) => return self.protocol_error(&e),
         };
         self.config = self.shared.config();
         let config = Arc::clone(&self.config);
-        let candidates = match bind::triage(&config, &bind.dn) {
-            Triage::NotOurs(why) => return self.forward_bind(env, &msg, bind.dn_text, why),
-            Triage::Unmatched => match bind::unmatched(&config, "no route in scope") {
-                bind::Plan::Reject(err) => {
-                    log_bind(
-                        self.peer,
-                        &bind.dn_text,
-                        &Trail::default(),
-                        &err.code,
-                        Instant::now(),
-                        false,
-                    );
-                    return self.reply(env, &err);
+        let dn = String::from_utf8_lossy(request.name).into_owned();
+        let (deciding, wants_authz_id, wants_ppolicy): (Deciding, _, _) =
+            match bind::first_look(&config, &request, self.tls) {
+                FirstLook::Forward { reason, mechanism } => {
+                    let canonical = request.encode(mechanism.as_deref());
+                    return self.forward_bind(env, &canonical, dn, reason);
                 }
-                _ => return self.forward_bind(env, &msg, bind.dn_text, "no route in scope"),
-            },
-            Triage::Candidates(c) => c,
-        };
-        let shared = Arc::clone(&self.shared);
-        let (client, tls) = (self.peer.ip(), self.tls);
-        let (dn, wants_authz_id, wants_ppolicy) = (
-            bind.dn_text.clone(),
-            bind.wants_authz_id,
-            bind.wants_ppolicy,
-        );
+                // Decided already; it still goes the way of every decided bind, so the
+                // session is reset the same way.
+                FirstLook::Refuse(err) => (
+                    Box::pin(std::future::ready((
+                        Outcome::Fail(err.into()),
+                        Trail::default(),
+                    ))),
+                    false,
+                    request.has_control(bind::OID_PPOLICY),
+                ),
+                FirstLook::Decide(bind) => {
+                    let shared = Arc::clone(&self.shared);
+                    let (client, tls) = (self.peer.ip(), self.tls);
+                    let wants = (bind.wants_authz_id, bind.wants_ppolicy);
+                    (
+                        Box::pin(async move {
+                            bind::authenticate(
+                                &config,
+                                &shared.lookup,
+                                &shared.pam,
+                                bind,
+                                client,
+                                tls,
+                            )
+                            .await
+                        }),
+                        wants.0,
+                        wants.1,
+                    )
+                }
+            };
         self.pending = Some(PendingBind {
             msgid: env.msgid,
-            request: msg,
+            request: request.encode(None),
             dn,
             wants_authz_id,
             wants_ppolicy,
             started: Instant::now(),
             abandoned: false,
-            deciding: Box::pin(async move {
-                bind::authenticate(
-                    &config,
-                    &shared.lookup,
-                    &shared.pam,
-                    bind,
-                    candidates,
-                    client,
-                    tls,
-                )
-                .await
-            }),
+            deciding,
         });
     }
 
-    /// The bind as the proxy may decide it: a simple bind (LDAPv3) with a DN and a
-    /// password. Anything else (anonymous, unauthenticated, SASL) is the directory's.
-    fn simple_bind(&self, msg: &[u8]) -> Option<SimpleBind> {
-        let shape = message::bind_request(msg).ok()?;
-        let BindAuth::Simple(password) = shape.auth else {
-            return None;
-        };
-        if shape.version != 3 || shape.dn.is_empty() || password.is_empty() {
-            return None;
-        }
-        let dn_text = std::str::from_utf8(shape.dn).ok()?.to_owned();
-        let dn = Dn::parse(&dn_text).ok()?;
-        let oids = message::control_oids(msg).ok()?;
-        Some(SimpleBind {
-            dn_text,
-            dn,
-            password: Password::from_vec(password.to_vec()),
-            wants_authz_id: oids
-                .iter()
-                .any(|o| *o == bind::OID_AUTHZID_REQUEST.as_bytes()),
-            wants_ppolicy: oids.iter().any(|o| *o == bind::OID_PPOLICY.as_bytes()),
-        })
+    /// Whether the directory may hold the session's backend connection authenticated as
+    /// someone: the service account, or whoever a relayed bind named.
+    fn link_has_identity(&self) -> bool {
+        matches!(&self.link, Link::Up(b) if b.as_service || b.directory_bind)
     }
 
     fn bind_decided(&mut self, outcome: Outcome, trail: Trail) {
-        if matches!(outcome, Outcome::Bound { .. }) && self.mid_response() {
+        let replaces_link = match outcome {
+            Outcome::Bound { .. } => true,
+            Outcome::Fail(_) => self.link_has_identity(),
+            Outcome::Forward(_) => false,
+        };
+        if replaces_link && self.mid_response() {
             // Requests stay held behind the bind until the swap; its decision is made.
             if let Some(p) = &mut self.pending {
                 p.deciding = Box::pin(std::future::pending());
             }
-            self.at_boundary = Some(AtBoundary::Bound(outcome, trail));
+            self.at_boundary = Some(AtBoundary::Decided(outcome, trail));
             return;
         }
         let Some(p) = self.pending.take() else {
@@ -606,28 +619,25 @@ impl Session {
                     self.forward_bind(env, &p.request, p.dn.clone(), why);
                 }
             }
-            Outcome::Fail {
-                err,
-                pw_expired,
-                account_locked,
-            } => {
-                log_bind(self.peer, &p.dn, &trail, &err.code, p.started, p.abandoned);
-                let mut controls = Vec::new();
-                if pw_expired {
-                    controls.push(proto::response_control(bind::OID_PW_EXPIRED, b"0"));
-                }
-                if account_locked && p.wants_ppolicy {
-                    // PasswordPolicyResponseValue { error [1] accountLocked(1) }
-                    controls.push(proto::response_control(
-                        bind::OID_PPOLICY,
-                        &[0x30, 0x03, 0x81, 0x01, 0x01],
-                    ));
+            Outcome::Fail(refusal) => {
+                log_bind(
+                    self.peer,
+                    &p.dn,
+                    &trail,
+                    &refusal.err.code,
+                    p.started,
+                    p.abandoned,
+                );
+                // A refused bind leaves the session anonymous, whoever it was before
+                // (RFC 4511 §4.2.1): the connection a directory bind authenticated goes.
+                if replaces_link && !self.retire_link() {
+                    return;
                 }
                 if !p.abandoned {
-                    self.send_local(&proto::bind_response(p.msgid, &err, controls));
+                    self.send_local(&bind_refusal(p.msgid, &refusal, p.wants_ppolicy));
                 }
             }
-            Outcome::Bound { link } => {
+            Outcome::Bound { link, dn } => {
                 log_bind(
                     self.peer,
                     &p.dn,
@@ -636,24 +646,18 @@ impl Session {
                     p.started,
                     p.abandoned,
                 );
+                if !self.retire_link() {
+                    return;
+                }
                 if p.abandoned {
                     // Nobody is waiting for this session to become the user.
                     return self.release_held();
                 }
-                if !self.retire_link() {
-                    return;
-                }
                 let identity = self.config.bind.identity;
-                let authz = format!("dn:{}", p.dn);
-                self.link = Link::Up(Backend {
-                    stream: link,
-                    as_service: true,
-                    _counted: metrics::BackendConnection::open(),
-                    inbuf: BytesMut::with_capacity(READ_CHUNK),
-                    streaming: None,
-                });
+                let authz = format!("dn:{dn}");
+                self.link = Link::Up(Backend::new(link, true));
                 self.auth = Auth::Pam {
-                    dn: p.dn.clone(),
+                    dn,
                     service: trail.service.clone().unwrap_or_default(),
                     control: (identity == Identity::ProxyAuthz).then(|| {
                         message::control(OID_PROXY_AUTHZ_V2, true, Some(authz.as_bytes()))
@@ -690,7 +694,7 @@ impl Session {
     /// what is already buffered.
     fn reached_boundary(&mut self) {
         match self.at_boundary.take() {
-            Some(AtBoundary::Bound(outcome, trail)) => self.bind_decided(outcome, trail),
+            Some(AtBoundary::Decided(outcome, trail)) => self.bind_decided(outcome, trail),
             Some(AtBoundary::Bind) => self.release_held(),
             None => {}
         }
@@ -707,6 +711,10 @@ impl Session {
         self.link = Link::Idle;
         self.outstanding.clear();
         self.to_backend.clear();
+        // Their answers will never come; say so in the log rather than lose the lines.
+        for f in std::mem::take(&mut self.forwarded) {
+            log_forwarded_bind(self.peer, &f, None);
+        }
         if mid_response {
             tracing::info!(peer = %self.peer, "closing: a bind replaced the backend connection in the middle of a response");
             self.closing = true;
@@ -717,13 +725,16 @@ impl Session {
     /// Relays a bind for the directory to decide; its result is logged as it passes back.
     fn forward_bind(&mut self, env: Envelope, msg: &[u8], dn: String, reason: &'static str) {
         metrics::bind_forwarded(reason);
-        self.forwarded = Some(ForwardedBind {
+        self.forwarded.push(ForwardedBind {
             msgid: env.msgid,
             dn,
             reason,
             started: Instant::now(),
         });
         self.relay(env, msg);
+        if let Link::Up(b) = &mut self.link {
+            b.directory_bind = true;
+        }
     }
 
     /// Relays a PAM-bound user's request so the directory applies the user's rights,
@@ -820,13 +831,10 @@ impl Session {
     fn connected(&mut self, result: Result<BackendStream, Unreachable>) {
         match result {
             Ok(stream) => {
-                self.link = Link::Up(Backend {
-                    stream,
-                    as_service: false,
-                    _counted: metrics::BackendConnection::open(),
-                    inbuf: BytesMut::with_capacity(READ_CHUNK),
-                    streaming: None,
-                });
+                let mut backend = Backend::new(stream, false);
+                // A bind relayed before the connection was up travels in `to_backend`.
+                backend.directory_bind = !self.forwarded.is_empty();
+                self.link = Link::Up(backend);
             }
             Err(e) => {
                 // Answer everything that was waiting for this connection; the next
@@ -881,18 +889,15 @@ impl Session {
                 None if self.upgrading => return,
                 None => match frame::peek(&b.inbuf, usize::MAX) {
                     Ok(Some(env)) => {
-                        if env.op == op::BIND_RESPONSE
-                            && self
-                                .forwarded
-                                .as_ref()
-                                .is_some_and(|f| f.msgid == env.msgid)
-                        {
-                            let code = b
-                                .inbuf
-                                .get(..env.len)
-                                .and_then(|m| message::result_code(m).ok());
-                            if let Some(f) = self.forwarded.take() {
-                                log_forwarded_bind(self.peer, &f, code);
+                        if env.op == op::BIND_RESPONSE {
+                            if let Some(i) =
+                                self.forwarded.iter().position(|f| f.msgid == env.msgid)
+                            {
+                                let code = b
+                                    .inbuf
+                                    .get(..env.len)
+                                    .and_then(|m| message::result_code(m).ok());
+                                log_forwarded_bind(self.peer, &self.forwarded.remove(i), code);
                             }
                         }
                         b.streaming = Some((env, env.len));
@@ -1051,6 +1056,35 @@ impl Session {
         tracing::info!(peer = %self.peer, "closing idle client connection");
         self.closing = true;
     }
+}
+
+impl Backend {
+    fn new(stream: BackendStream, as_service: bool) -> Self {
+        Backend {
+            stream,
+            as_service,
+            directory_bind: false,
+            _counted: metrics::BackendConnection::open(),
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            streaming: None,
+        }
+    }
+}
+
+/// The BindResponse of a refused bind, with the controls 389 adds in the same case.
+fn bind_refusal(msgid: i32, refusal: &Refusal, wants_ppolicy: bool) -> Bytes {
+    let mut controls = Vec::new();
+    if refusal.pw_expired {
+        controls.push(proto::response_control(bind::OID_PW_EXPIRED, b"0"));
+    }
+    if refusal.account_locked && wants_ppolicy {
+        // PasswordPolicyResponseValue { error [1] accountLocked(1) }
+        controls.push(proto::response_control(
+            bind::OID_PPOLICY,
+            &[0x30, 0x03, 0x81, 0x01, 0x01],
+        ));
+    }
+    proto::bind_response(msgid, &refusal.err, controls)
 }
 
 /// Starts the TLS handshake on `tcp`, with its deadline.

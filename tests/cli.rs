@@ -348,7 +348,7 @@ fn explain_internal_user_takes_the_duo_route() {
     has_line(&lines, "route csu: filter does not match");
     has_line(&lines, "route: duo (the first that matches)");
     has_line(&lines, "pam service: curc-twofactor-duo");
-    has_line(&lines, "id_map: rdn → alice; entry uid → alice");
+    has_line(&lines, "id_map: rdn uid → alice; entry uid → alice");
     assert!(lines
         .iter()
         .any(|l| l.starts_with("pam identities: alice (")));

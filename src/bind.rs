@@ -660,7 +660,7 @@ pub async fn authenticate(
     for (n, identity) in identities.iter().enumerate() {
         let password = Password::from_vec(bind.password.as_bytes().to_vec());
         let attempt = gate
-            .authenticate(route, identity, password, Some(client.to_string()))
+            .authenticate(route, &bind.dn_text, identity, password, client)
             .await;
         let user_unknown = matches!(
             attempt,

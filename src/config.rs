@@ -162,9 +162,11 @@ pub enum Insecure {
 pub struct PamConfig {
     pub workers: usize,
     pub queue: usize,
-    /// Per PAM identity: transactions started in any 60 s window (push-fatigue guard).
+    /// Per entry and client address: attempts (transactions started, refusals behind one
+    /// in flight) in any 60 s window (push-fatigue guard).
     pub max_attempts_per_minute: usize,
-    /// How long a finished transaction stays joinable by an identical retry.
+    /// How long a finished transaction stays joinable by an identical retry from the same
+    /// client address.
     pub coalesce_grace: Duration,
 }
 
@@ -192,7 +194,8 @@ pub struct Route {
     pub passcode_delimiter: Option<String>,
     /// Most PAM transactions of this route running at once; `None`: as many as workers.
     pub max_concurrent: Option<usize>,
-    /// Remember successes this long (keyed hash, never the password); `None`: off.
+    /// Remember successes this long, per client address (keyed hash, never the
+    /// password); `None`: off.
     pub success_cache: Option<Duration>,
 }
 

@@ -105,7 +105,8 @@ pub fn bind_coalesced() {
     counter!("ldap_pam_proxy_binds_coalesced_total").increment(1);
 }
 
-/// A bind refused by the per-identity guard (`reason`: in_flight, rate).
+/// A bind refused by the push-fatigue guard (`reason`: in_flight, another transaction
+/// for the entry was running; rate, the entry's attempt budget for the address was spent).
 pub fn bind_rate_limited(reason: &'static str) {
     counter!("ldap_pam_proxy_binds_rate_limited_total", "reason" => reason).increment(1);
 }

@@ -180,9 +180,13 @@ fn passwords_never_reach_the_logs() {
         &["-x", "-D", &user("noposix"), "-w", marker],
     );
     assert_eq!(out.code, 49);
-    // The guard says no, while bob's transaction is still running.
+    // The guard says no, while bob's transaction is still running; the refusal is counted.
     let mut c = start_bind(&proxy, "bob", &format!("{marker}-2"));
     assert_eq!(bind_result(&mut c), LdapResultCode::Busy);
+    assert_eq!(
+        proxy.metric("ldap_pam_proxy_binds_rate_limited_total{reason=\"in_flight\"}"),
+        Some(1.0)
+    );
     assert!(eventually(Duration::from_secs(10), || proxy.metric(
         "ldap_pam_proxy_pam_transactions_total{service=\"duo\",outcome=\"auth_err\"}"
     ) == Some(1.0)));

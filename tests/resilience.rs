@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use ldap3_proto::proto::{LdapMsg, LdapOp, LdapResultCode};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PASSDB: &str = "alice:alice-pampw:duo\nbob:bob-pampw:duo\ncarol:carol-pampw:duo\ndave:dave-pampw:duo\nerin:erin-pampw:csu\n";
 
@@ -65,7 +65,9 @@ fn retries_on_new_connections_share_one_push() {
 }
 
 /// A different password is never served by another bind's transaction: while one is in
-/// flight it is refused (busy) without a push; afterwards it gets its own transaction.
+/// flight it is refused (busy) without a push, and not before the transaction ends (an
+/// instant refusal would be free guessing with a timing oracle); afterwards it gets its
+/// own transaction.
 #[test]
 fn a_different_password_is_not_coalesced() {
     let pam = PamSetup::new(PASSDB);
@@ -73,8 +75,14 @@ fn a_different_password_is_not_coalesced() {
     let proxy = Proxy::with_pam(&pam, &routes("", ""));
     let mut right = start_bind(&proxy, "bob", "bob-pampw");
     assert!(eventually(Duration::from_secs(10), || pam.pushes().len() == 1));
+    let asked = Instant::now();
     let mut wrong = start_bind(&proxy, "bob", "not-bobs");
     assert_eq!(bind_result(&mut wrong), LdapResultCode::Busy);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "refused after {:?}, before the pending push ended",
+        asked.elapsed()
+    );
     assert_eq!(bind_result(&mut right), LdapResultCode::Success);
     pam.set_duo_delay(0);
     // The grace window keeps only identical binds joinable.
@@ -83,9 +91,34 @@ fn a_different_password_is_not_coalesced() {
     assert_eq!(pam.pushes().len(), 2, "{:?}", pam.pushes());
 }
 
-/// The push-fatigue guard: at most max_attempts_per_minute transactions per identity.
+/// The right password from another address neither joins the user's pending push nor
+/// reuses its approval in the grace window: MFA is there to stop whoever else holds the
+/// password. That bind gets a push of its own, with its own address as PAM_RHOST.
 #[test]
-fn attempts_per_minute_are_limited_per_identity() {
+fn another_address_never_joins_a_pending_push() {
+    let pam = PamSetup::new(PASSDB);
+    pam.set_duo_delay(3);
+    let proxy = Proxy::with_pam(&pam, &routes("", ""));
+    let mut user = start_bind(&proxy, "alice", "alice-pampw");
+    assert!(eventually(Duration::from_secs(10), || pam.pushes().len() == 1));
+    let mut thief = start_bind_from(&proxy, "127.0.0.2", "alice", "alice-pampw");
+    assert_eq!(bind_result(&mut thief), LdapResultCode::Busy);
+    assert_eq!(bind_result(&mut user), LdapResultCode::Success);
+    pam.set_duo_delay(0);
+    let mut thief = start_bind_from(&proxy, "127.0.0.2", "alice", "alice-pampw");
+    assert_eq!(bind_result(&mut thief), LdapResultCode::Success);
+    let pushes = pam.pushes();
+    assert_eq!(pushes.len(), 2, "{pushes:?}");
+    assert!(
+        pushes[0].ends_with(" 127.0.0.1") && pushes[1].ends_with(" 127.0.0.2"),
+        "{pushes:?}"
+    );
+}
+
+/// The push-fatigue guard: at most max_attempts_per_minute attempts per entry from one
+/// client address. Another address is not locked out by them.
+#[test]
+fn attempts_per_minute_are_limited_per_entry_and_address() {
     let pam = PamSetup::new(PASSDB);
     let proxy = Proxy::with_pam(&pam, &routes("", "max_attempts_per_minute = 2"));
     for pw in ["wrong-1", "wrong-2"] {
@@ -94,10 +127,13 @@ fn attempts_per_minute_are_limited_per_identity() {
     }
     let mut c = start_bind(&proxy, "carol", "carol-pampw");
     assert_eq!(bind_result(&mut c), LdapResultCode::Busy);
+    // Carol, from another address, still logs in.
+    let mut c = start_bind_from(&proxy, "127.0.0.2", "carol", "carol-pampw");
+    assert_eq!(bind_result(&mut c), LdapResultCode::Success);
     // Another user is not affected.
     let mut c = start_bind(&proxy, "dave", "dave-pampw");
     assert_eq!(bind_result(&mut c), LdapResultCode::Success);
-    assert_eq!(pam.pushes().len(), 3, "{:?}", pam.pushes());
+    assert_eq!(pam.pushes().len(), 4, "{:?}", pam.pushes());
 }
 
 #[test]

@@ -376,6 +376,13 @@ pub fn start_bind(proxy: &Proxy, uid: &str, pw: &str) -> RawClient {
     c
 }
 
+/// [`start_bind`] from another client address (a loopback address such as 127.0.0.2).
+pub fn start_bind_from(proxy: &Proxy, local: &str, uid: &str, pw: &str) -> RawClient {
+    let mut c = RawClient::connect_from(proxy.addr, local.parse().expect("IP address"));
+    c.send(bind_request(1, &user(uid), pw));
+    c
+}
+
 /// The result of the bind a [`start_bind`] connection is waiting for.
 pub fn bind_result(c: &mut RawClient) -> LdapResultCode {
     match c.recv().expect("bind response").op {
@@ -442,7 +449,28 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn connect(addr: impl std::net::ToSocketAddrs) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawClient::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from the local address `local` (another loopback address such as
+    /// 127.0.0.2), so that the proxy sees another client.
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> RawClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        let stream = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(local, 0))?;
+                socket.connect(addr).await?.into_std()
+            })
+            .unwrap_or_else(|e| panic!("connect from {local}: {e}"));
+        stream.set_nonblocking(false).unwrap();
+        RawClient::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();

@@ -651,16 +651,18 @@ pub async fn authenticate(
         Plan::Pam { route, identities } => (&config.routes[route], identities),
     };
     // Plan::Pam comes only from a resolved entry.
-    let Some(Resolved { entry, .. }) = resolved else {
+    let Some(Resolved { entry, dn }) = resolved else {
         return (Outcome::Forward("no such entry"), trail);
     };
     trail.service = Some(route.pam_service.clone());
 
+    // One identity per entry for the guard and coalescing, however the client spelled it.
+    let key = dn.to_string();
     let mut verdict = Verdict::Success;
     for (n, identity) in identities.iter().enumerate() {
         let password = Password::from_vec(bind.password.as_bytes().to_vec());
         let attempt = gate
-            .authenticate(route, &bind.dn_text, identity, password, client)
+            .authenticate(route, &key, identity, password, client)
             .await;
         let user_unknown = matches!(
             attempt,

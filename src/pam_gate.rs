@@ -730,6 +730,7 @@ mod tests {
             pam_service: "duo".into(),
             id_map: vec![IdMap::Rdn],
             id_attr: "uid".into(),
+            rdn_attr: "uid".into(),
             fallback: false,
             secure: false,
             timeout: secs(120),

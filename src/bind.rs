@@ -556,10 +556,7 @@ pub fn judge(route: &Route, attempt: Attempt) -> Verdict {
             LdapResultCode::Busy,
             "another authentication of this user is in progress".into(),
         ),
-        Attempt::Rejected(Rejection::RateLimited) => failure(
-            LdapResultCode::Busy,
-            "too many authentication attempts for this user; wait a minute".into(),
-        ),
+        Attempt::Rejected(Rejection::RateLimited) => rate_limited().into(),
         Attempt::Rejected(Rejection::ShutDown) => failure(
             LdapResultCode::Unavailable,
             "the proxy is shutting down".into(),
@@ -572,6 +569,15 @@ pub fn judge(route: &Route, attempt: Attempt) -> Verdict {
     }
 }
 
+/// The answer to a client that spent its attempt budget for an entry, whoever decides
+/// the bind (PAM or the directory).
+fn rate_limited() -> LdapError {
+    LdapError::new(
+        LdapResultCode::Busy,
+        "too many authentication attempts for this user; wait a minute",
+    )
+}
+
 fn invalid_credentials() -> LdapError {
     LdapError::new(LdapResultCode::InvalidCredentials, "Invalid credentials")
 }
@@ -579,8 +585,13 @@ fn invalid_credentials() -> LdapError {
 /// The end of a bind the proxy looked at.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Relay the bind to the backend (the proxy's own encoding of it).
-    Forward(&'static str),
+    /// Relay the bind to the backend (the proxy's own encoding of it). A bind in the
+    /// proxy's scope carries the key of its attempt budget: a failure the directory
+    /// reports is charged to it ([`PamGate::charge_failure`]).
+    Forward {
+        reason: &'static str,
+        budget: Option<String>,
+    },
     /// Answer the client; the session is anonymous.
     Fail(Refusal),
     /// PAM said yes for the entry `dn` (its DN as the directory stores it). `link` is a
@@ -643,7 +654,36 @@ pub async fn authenticate(
         trail.route = first_match(c, &matched).map(|i| config.routes[i].name.clone());
     }
     let (route, identities) = match plan {
-        Plan::Forward(why) => return (Outcome::Forward(why), trail),
+        Plan::Forward(reason) => {
+            // Out of scope (root DN, excluded suffixes): the directory's alone. In scope,
+            // the same budget as a PAM bind, keyed by the entry or, with none, the
+            // spelling.
+            if matches!(triage, Some(Triage::NotOurs(_))) {
+                return (
+                    Outcome::Forward {
+                        reason,
+                        budget: None,
+                    },
+                    trail,
+                );
+            }
+            let key = match (&resolved, &bind.spelled) {
+                (Some(r), _) => r.dn.to_string(),
+                (None, Some(d)) => d.to_string(),
+                (None, None) => bind.name.to_lowercase(),
+            };
+            if gate.budget_spent(&key, client) {
+                trail.detail = Some(format!("{reason}; attempt budget spent"));
+                return (Outcome::Fail(rate_limited().into()), trail);
+            }
+            return (
+                Outcome::Forward {
+                    reason,
+                    budget: Some(key),
+                },
+                trail,
+            );
+        }
         Plan::Reject { err, detail } => {
             trail.detail = Some(detail.to_owned());
             return (Outcome::Fail(err.into()), trail);
@@ -652,7 +692,10 @@ pub async fn authenticate(
     };
     // Plan::Pam comes only from a resolved entry.
     let Some(Resolved { entry, dn }) = resolved else {
-        return (Outcome::Forward("no such entry"), trail);
+        return (
+            Outcome::Fail(LdapError::new(LdapResultCode::OperationsError, "no entry").into()),
+            trail,
+        );
     };
     trail.service = Some(route.pam_service.clone());
 
@@ -678,7 +721,15 @@ pub async fn authenticate(
     }
     match verdict {
         Verdict::Success => {}
-        Verdict::Fallback => return (Outcome::Forward("PAM failed, fallback"), trail),
+        Verdict::Fallback => {
+            return (
+                Outcome::Forward {
+                    reason: "PAM failed, fallback",
+                    budget: Some(key),
+                },
+                trail,
+            )
+        }
         Verdict::Failure(refusal) => return (Outcome::Fail(refusal), trail),
     }
     // The session will act as this user through the service account: get that

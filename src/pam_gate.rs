@@ -379,6 +379,29 @@ impl<P: Submit> PamGate<P> {
         }
     }
 
+    /// Whether `client` has spent its attempt budget for `entry`. The directory decides
+    /// some binds in the proxy's scope (an entry no route takes, a DN with no entry): they
+    /// are refused busy then too, so that a busy answer tells nothing about whether PAM
+    /// would have been asked, and directory passwords are no easier to guess.
+    pub fn budget_spent(&self, entry: &str, client: IpAddr) -> bool {
+        let max_per_minute = lock(&self.settings).max_per_minute;
+        let spent = lock(&self.state).attempts(&(entry.to_owned(), source(client)), Instant::now())
+            >= max_per_minute;
+        if spent {
+            metrics::bind_rate_limited("rate");
+        }
+        spent
+    }
+
+    /// Charges a failed bind the directory decided (see [`PamGate::budget_spent`]).
+    /// Successes are not charged: an application account binding often is not guessing.
+    pub fn charge_failure(&self, entry: &str, client: IpAddr) {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        st.sweep(now);
+        st.charge((entry.to_owned(), source(client)), now);
+    }
+
     /// Applies the rules under one lock, so that two binds never both see an entry
     /// free; starts the transaction when the bind gets one.
     fn decide(

@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::proto::{self, LdapError};
 use crate::server::Shared;
 use crate::tls::{self, ClientStream, Stream};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ldap3_proto::proto::{LdapExtendedResponse, LdapMsg, LdapOp, LdapResult, LdapResultCode};
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -100,6 +100,8 @@ struct ForwardedBind {
     msgid: i32,
     dn: String,
     reason: &'static str,
+    /// The attempt budget a failure is charged to, for a bind in the proxy's scope.
+    budget: Option<String>,
     started: Instant,
 }
 
@@ -356,7 +358,13 @@ impl Session {
                 // one already being passed on, which the answer waits for.
                 if self.to_client.len() < HIGH_WATER && (!self.upgrading || b.streaming.is_some()) {
                     b.inbuf.reserve(READ_CHUNK);
-                    match poll_read_buf(Pin::new(&mut b.stream), cx, &mut b.inbuf) {
+                    // At most one chunk, whatever capacity the buffer kept from earlier
+                    // traffic: the high-water marks bound what is buffered.
+                    match poll_read_buf(
+                        Pin::new(&mut b.stream),
+                        cx,
+                        &mut (&mut b.inbuf).limit(READ_CHUNK),
+                    ) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Event::BackendGone(None)),
                         Poll::Ready(Ok(_)) => return Poll::Ready(Event::BackendReadable),
                         Poll::Ready(Err(e)) => return Poll::Ready(Event::BackendGone(Some(e))),
@@ -383,7 +391,11 @@ impl Session {
                 && self.held_bytes < MAX_HELD_BYTES
             {
                 self.from_client.reserve(READ_CHUNK);
-                match poll_read_buf(Pin::new(client), cx, &mut self.from_client) {
+                match poll_read_buf(
+                    Pin::new(client),
+                    cx,
+                    &mut (&mut self.from_client).limit(READ_CHUNK),
+                ) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientGone(None)),
                     Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientReadable),
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientGone(Some(e))),
@@ -540,7 +552,7 @@ impl Session {
             match bind::first_look(&config, &request, self.tls) {
                 FirstLook::Forward { reason, mechanism } => {
                     let canonical = request.encode(mechanism.as_deref());
-                    return self.forward_bind(env, &canonical, dn, reason);
+                    return self.forward_bind(env, &canonical, dn, reason, None);
                 }
                 // Decided already; it still goes the way of every decided bind, so the
                 // session is reset the same way.
@@ -595,7 +607,7 @@ impl Session {
         let replaces_link = match outcome {
             Outcome::Bound { .. } => true,
             Outcome::Fail(_) => self.link_has_identity(),
-            Outcome::Forward(_) => false,
+            Outcome::Forward { .. } => false,
         };
         if replaces_link && self.mid_response() {
             // Requests stay held behind the bind until the swap; its decision is made.
@@ -614,9 +626,9 @@ impl Session {
             len: p.request.len(),
         };
         match outcome {
-            Outcome::Forward(why) => {
+            Outcome::Forward { reason, budget } => {
                 if !p.abandoned {
-                    self.forward_bind(env, &p.request, p.dn.clone(), why);
+                    self.forward_bind(env, &p.request, p.dn.clone(), reason, budget);
                 }
             }
             Outcome::Fail(refusal) => {
@@ -723,12 +735,20 @@ impl Session {
     }
 
     /// Relays a bind for the directory to decide; its result is logged as it passes back.
-    fn forward_bind(&mut self, env: Envelope, msg: &[u8], dn: String, reason: &'static str) {
+    fn forward_bind(
+        &mut self,
+        env: Envelope,
+        msg: &[u8],
+        dn: String,
+        reason: &'static str,
+        budget: Option<String>,
+    ) {
         metrics::bind_forwarded(reason);
         self.forwarded.push(ForwardedBind {
             msgid: env.msgid,
             dn,
             reason,
+            budget,
             started: Instant::now(),
         });
         self.relay(env, msg);
@@ -897,7 +917,12 @@ impl Session {
                                     .inbuf
                                     .get(..env.len)
                                     .and_then(|m| message::result_code(m).ok());
-                                log_forwarded_bind(self.peer, &self.forwarded.remove(i), code);
+                                let f = self.forwarded.remove(i);
+                                // invalidCredentials: a guess the directory refused.
+                                if let (Some(key), Some(49)) = (&f.budget, code) {
+                                    self.shared.pam.charge_failure(key, self.peer.ip());
+                                }
+                                log_forwarded_bind(self.peer, &f, code);
                             }
                         }
                         b.streaming = Some((env, env.len));

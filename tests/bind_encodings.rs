@@ -178,9 +178,11 @@ fn spell_dn(uid: &str, forms: &[RdnForm]) -> String {
             dn += if forms[i - 1].semicolon { ";" } else { "," };
         }
         dn += sp(f.spaces[0]);
-        dn.extend(attr.chars().zip(f.type_case.iter().cycle()).map(
-            |(c, up)| if *up { flip(c) } else { c },
-        ));
+        dn.extend(
+            attr.chars()
+                .zip(f.type_case.iter().cycle())
+                .map(|(c, up)| if *up { flip(c) } else { c }),
+        );
         dn += sp(f.spaces[1]);
         dn += "=";
         dn += sp(f.spaces[2]);
@@ -288,19 +290,11 @@ fn control_form() -> impl Strategy<Value = ControlForm> {
 impl ControlForm {
     fn encode(&self) -> Vec<u8> {
         match self {
-            ControlForm::AuthzIdRequest => {
-                ber::control(b"2.16.840.1.113730.3.4.16", None, None)
-            }
-            ControlForm::PasswordPolicy => {
-                ber::control(b"1.3.6.1.4.1.42.2.27.8.5.1", None, None)
-            }
-            ControlForm::ManageDsaIt(c) => {
-                ber::control(b"2.16.840.1.113730.3.4.2", Some(*c), None)
-            }
+            ControlForm::AuthzIdRequest => ber::control(b"2.16.840.1.113730.3.4.16", None, None),
+            ControlForm::PasswordPolicy => ber::control(b"1.3.6.1.4.1.42.2.27.8.5.1", None, None),
+            ControlForm::ManageDsaIt(c) => ber::control(b"2.16.840.1.113730.3.4.2", Some(*c), None),
             ControlForm::Unknown(c) => ber::control(b"1.2.3.4.5", Some(*c), Some(b"v")),
-            ControlForm::OidWithNul => {
-                ber::control(b"2.16.840.1.113730.3.4.16\0", None, None)
-            }
+            ControlForm::OidWithNul => ber::control(b"2.16.840.1.113730.3.4.16\0", None, None),
             ControlForm::OddCriticality(v) => ber::tlv(
                 0x30,
                 &[ber::tlv(0x04, b"1.2.3.4.5"), ber::tlv(0x01, &[*v])].concat(),
@@ -551,14 +545,17 @@ fn no_encoding_of_a_routed_bind_succeeds_with_the_directory_password() {
     );
     drop(c);
 
-    let mut config = Config::default(); // PROPTEST_CASES, else 256
-    config.failure_persistence = None;
-    config.max_shrink_iters = 400;
+    // Cases: PROPTEST_CASES, else 256.
+    let config = Config {
+        failure_persistence: None,
+        max_shrink_iters: 400,
+        ..Config::default()
+    };
     let mut runner = TestRunner::new(config);
     match runner.run(&encoding(), |e| check(&proxy, &e)) {
         Ok(()) => {}
         Err(TestError::Fail(why, e)) => panic!(
-            "{why}\nminimal failing encoding: {e:#?}\nDN {:?}\nbytes {:02x?}",
+            "{why}\nminimal failing encoding: {e:?}\nDN {:?}\nbytes {:02x?}",
             e.dn(),
             e.encode()
         ),

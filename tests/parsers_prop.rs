@@ -166,7 +166,11 @@ fn tag() -> impl Strategy<Value = u8> {
 }
 
 fn tree() -> BoxedStrategy<Tree> {
-    let leaf = (tag(), proptest::collection::vec(any::<u8>(), 0..24), len_form())
+    let leaf = (
+        tag(),
+        proptest::collection::vec(any::<u8>(), 0..24),
+        len_form(),
+    )
         .prop_map(|(t, c, f)| Tree::Leaf(t, c, f));
     leaf.prop_recursive(4, 48, 6, |inner| {
         (tag(), proptest::collection::vec(inner, 0..6), len_form())
@@ -180,7 +184,10 @@ fn mostly_minimal() -> impl Strategy<Value = LenForm> {
     prop_oneof![8 => Just(LenForm::Minimal), 1 => len_form()]
 }
 
-fn leaf(tag: impl Strategy<Value = u8>, content: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Tree> {
+fn leaf(
+    tag: impl Strategy<Value = u8>,
+    content: impl Strategy<Value = Vec<u8>>,
+) -> impl Strategy<Value = Tree> {
     (tag, content, mostly_minimal()).prop_map(|(t, c, f)| Tree::Leaf(t, c, f))
 }
 
@@ -191,7 +198,12 @@ fn text(words: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-const DNS: &[&str] = &["uid=alice,ou=People,dc=example,dc=com", "", "cn=schema", "uid=al\\ice,dc=x"];
+const DNS: &[&str] = &[
+    "uid=alice,ou=People,dc=example,dc=com",
+    "",
+    "cn=schema",
+    "uid=al\\ice,dc=x",
+];
 const OIDS: &[&str] = &[
     "1.3.6.1.4.1.4203.1.11.3",
     "1.3.6.1.4.1.4203.1.11.1",
@@ -227,7 +239,10 @@ fn protocol_op() -> BoxedStrategy<(u8, Vec<Tree>)> {
         .boxed();
     let extended = (
         leaf(prop_oneof![4 => Just(0x80u8), 1 => any::<u8>()], text(OIDS)),
-        proptest::option::of(leaf(Just(0x81u8), proptest::collection::vec(any::<u8>(), 0..8))),
+        proptest::option::of(leaf(
+            Just(0x81u8),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        )),
     )
         .prop_map(|(n, v)| (0x77u8, std::iter::once(n).chain(v).collect()))
         .boxed();
@@ -244,14 +259,21 @@ fn protocol_op() -> BoxedStrategy<(u8, Vec<Tree>)> {
 fn control_tree() -> BoxedStrategy<Tree> {
     (
         leaf(prop_oneof![6 => Just(0x04u8), 1 => any::<u8>()], text(OIDS)),
-        proptest::option::of(leaf(Just(0x01u8), prop_oneof![Just(vec![0xff]), Just(vec![0]), small_bytes()])),
+        proptest::option::of(leaf(
+            Just(0x01u8),
+            prop_oneof![Just(vec![0xff]), Just(vec![0]), small_bytes()],
+        )),
         proptest::option::of(leaf(Just(0x04u8), small_bytes())),
         proptest::collection::vec(tree(), 0..2),
         prop_oneof![6 => Just(0x30u8), 1 => any::<u8>()],
         mostly_minimal(),
     )
         .prop_map(|(oid, crit, value, extra, tag, f)| {
-            let children = std::iter::once(oid).chain(crit).chain(value).chain(extra).collect();
+            let children = std::iter::once(oid)
+                .chain(crit)
+                .chain(value)
+                .chain(extra)
+                .collect();
             Tree::Node(tag, children, f)
         })
         .boxed()
@@ -285,16 +307,18 @@ fn ldap_message() -> BoxedStrategy<Vec<u8>> {
         mostly_minimal(),
         mostly_minimal(),
     )
-        .prop_map(|(id, id_len, (op, op_children), op_len, controls, ctl_len, outer_len)| {
-            let mut children = vec![
-                Tree::Leaf(0x02, id, id_len),
-                Tree::Node(op, op_children, op_len),
-            ];
-            if let Some(c) = controls {
-                children.push(Tree::Node(0xa0, c, ctl_len));
-            }
-            Tree::Node(0x30, children, outer_len).encode()
-        })
+        .prop_map(
+            |(id, id_len, (op, op_children), op_len, controls, ctl_len, outer_len)| {
+                let mut children = vec![
+                    Tree::Leaf(0x02, id, id_len),
+                    Tree::Node(op, op_children, op_len),
+                ];
+                if let Some(c) = controls {
+                    children.push(Tree::Node(0xa0, c, ctl_len));
+                }
+                Tree::Node(0x30, children, outer_len).encode()
+            },
+        )
         .boxed()
 }
 
@@ -445,9 +469,16 @@ fn config_text() -> impl Strategy<Value = String> {
         Just("\"((((\"".to_owned()),
         Just("true".to_owned()),
         prop_oneof![
-            Just("\"error\""), Just("\"allow\""), Just("\"ignore\""), Just("\"forward\""),
-            Just("\"reject\""), Just("\"proxy-authz\""), Just("\"service\""), Just("\"1.3\""),
-            Just("\"/etc/hostname\""), Just("\"/nonexistent\""),
+            Just("\"error\""),
+            Just("\"allow\""),
+            Just("\"ignore\""),
+            Just("\"forward\""),
+            Just("\"reject\""),
+            Just("\"proxy-authz\""),
+            Just("\"service\""),
+            Just("\"1.3\""),
+            Just("\"/etc/hostname\""),
+            Just("\"/nonexistent\""),
         ]
         .prop_map(str::to_owned),
         Just("{}".to_owned()),
@@ -483,11 +514,21 @@ fn config_text() -> impl Strategy<Value = String> {
         ),
         (
             "[pam]",
-            &["workers", "queue", "max_attempts_per_minute", "coalesce_grace"],
+            &[
+                "workers",
+                "queue",
+                "max_attempts_per_minute",
+                "coalesce_grace",
+            ],
         ),
         (
             "[limits]",
-            &["max_message_size", "max_connections", "idle_timeout", "shutdown_grace"],
+            &[
+                "max_message_size",
+                "max_connections",
+                "idle_timeout",
+                "shutdown_grace",
+            ],
         ),
         ("[metrics]", &["listen"]),
         (
@@ -523,14 +564,24 @@ fn config_text() -> impl Strategy<Value = String> {
     .prop_map(move |sections| {
         // Each table once (keys once each), except [[route]], which may repeat; listen
         // and backend start with what a minimal configuration needs.
-        let mut merged: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
-            std::collections::BTreeMap::new();
-        merged.entry("[listen]".into()).or_default().insert("address".into(), "\"127.0.0.1:1\"".into());
-        merged.entry("[backend]".into()).or_default().insert("uris".into(), "[\"ldap://127.0.0.1:2\"]".into());
+        let mut merged: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        > = std::collections::BTreeMap::new();
+        merged
+            .entry("[listen]".into())
+            .or_default()
+            .insert("address".into(), "\"127.0.0.1:1\"".into());
+        merged
+            .entry("[backend]".into())
+            .or_default()
+            .insert("uris".into(), "[\"ldap://127.0.0.1:2\"]".into());
         let mut text = String::new();
         for (t, entries) in sections {
             let (table, ks) = &tables[t];
-            let pairs = entries.into_iter().map(|(k, v)| (ks[k.index(ks.len())].clone(), v));
+            let pairs = entries
+                .into_iter()
+                .map(|(k, v)| (ks[k.index(ks.len())].clone(), v));
             if table == "[[route]]" {
                 let route: std::collections::BTreeMap<String, String> = pairs.collect();
                 text += "[[route]]\n";
@@ -571,8 +622,14 @@ fn huge_claimed_lengths_in_tiny_buffers_allocate_nothing_like_them() {
         inputs.push([&[0x30, 0x10, 0x02][..], claim, &[0x01]].concat());
         inputs.push([&[0x30, 0x10, 0x02, 0x01, 0x01, 0x60][..], claim, &[0x02]].concat());
         inputs.push(
-            [&[0x30, 0x10, 0x02, 0x01, 0x01, 0x60, 0x0b, 0x02, 0x01, 0x03, 0x04][..], claim, b"u"]
-                .concat(),
+            [
+                &[
+                    0x30, 0x10, 0x02, 0x01, 0x01, 0x60, 0x0b, 0x02, 0x01, 0x03, 0x04,
+                ][..],
+                claim,
+                b"u",
+            ]
+            .concat(),
         );
         // As the controls' length.
         inputs.push([&[0x30, 0x10, 0x02, 0x01, 0x01, 0x42, 0x00, 0xa0][..], claim].concat());

@@ -145,7 +145,7 @@ enum Answer {
     Notice(LdapResultCode),
     /// Closed without a word.
     Closed,
-    NoAnswer,
+    Silent,
     Unexpected(String),
 }
 
@@ -190,7 +190,7 @@ fn bind_answer(c: &mut RawClient) -> Answer {
             }
         }
         Received::Closed => Answer::Closed,
-        Received::TimedOut => Answer::NoAnswer,
+        Received::TimedOut => Answer::Silent,
         Received::Undecodable(e) => Answer::Unexpected(e),
     }
 }
@@ -233,9 +233,9 @@ fn whoami_on(c: &mut RawClient, msgid: i32) -> Result<Option<String>, String> {
 /// The session on `c` is not bound: closed, or WhoAmI says anonymous.
 fn anonymous(c: &mut RawClient, msgid: i32) -> Result<(), String> {
     match whoami_on(c, msgid)? {
-        Some(id) if !(id.is_empty() || id == "dn:") => {
-            Err(format!("the session is bound afterwards: WhoAmI says {id:?}"))
-        }
+        Some(id) if !(id.is_empty() || id == "dn:") => Err(format!(
+            "the session is bound afterwards: WhoAmI says {id:?}"
+        )),
         _ => Ok(()),
     }
 }
@@ -301,7 +301,10 @@ impl Drop for Entries {
 
 fn suffix() -> &'static str {
     let s = &directory().suffix;
-    assert_eq!(s, "dc=example,dc=com", "these tests spell the sample's suffix");
+    assert_eq!(
+        s, "dc=example,dc=com",
+        "these tests spell the sample's suffix"
+    );
     s
 }
 
@@ -390,7 +393,10 @@ fn odd_binds() -> Vec<Odd> {
             name: "name as a constructed OCTET STRING",
             bytes: msg(&op(&[
                 &v3,
-                &ber::tlv(0x24, &[ber::tlv(0x04, &dn[..8]), ber::tlv(0x04, &dn[8..])].concat()),
+                &ber::tlv(
+                    0x24,
+                    &[ber::tlv(0x04, &dn[..8]), ber::tlv(0x04, &dn[8..])].concat(),
+                ),
                 &simple,
             ])),
             must: Must::Refuse,
@@ -406,14 +412,22 @@ fn odd_binds() -> Vec<Odd> {
             name: "an extra element after the protocolOp (not controls)",
             bytes: ber::tlv(
                 0x30,
-                &[id.clone(), op(&[&v3, &name, &simple]), ber::tlv(0x04, b"zz")].concat(),
+                &[
+                    id.clone(),
+                    op(&[&v3, &name, &simple]),
+                    ber::tlv(0x04, b"zz"),
+                ]
+                .concat(),
             ),
             must: Must::Refuse,
             direct: Some(Success),
         },
         Odd {
             name: "indefinite length LDAPMessage",
-            bytes: envelope(&[id.clone(), op(&[&v3, &name, &simple])].concat(), Len::Indefinite),
+            bytes: envelope(
+                &[id.clone(), op(&[&v3, &name, &simple])].concat(),
+                Len::Indefinite,
+            ),
             must: Must::Refuse,
             direct: None,
         },
@@ -431,7 +445,10 @@ fn odd_binds() -> Vec<Odd> {
             bytes: msg(&op(&[
                 &v3,
                 &name,
-                &ber::tlv(0xa0, &[ber::tlv(0x04, &pw[..5]), ber::tlv(0x04, &pw[5..])].concat()),
+                &ber::tlv(
+                    0xa0,
+                    &[ber::tlv(0x04, &pw[..5]), ber::tlv(0x04, &pw[5..])].concat(),
+                ),
             ])),
             must: Must::Refuse,
             direct: Some(ProtocolError),
@@ -481,7 +498,10 @@ fn odd_binds() -> Vec<Odd> {
         },
         Odd {
             name: "non-minimal messageID",
-            bytes: ber::tlv(0x30, &[ber::tlv(0x02, &[0, 1]), op(&[&v3, &name, &simple])].concat()),
+            bytes: ber::tlv(
+                0x30,
+                &[ber::tlv(0x02, &[0, 1]), op(&[&v3, &name, &simple])].concat(),
+            ),
             must: Must::NotSucceed,
             direct: Some(Success),
         },
@@ -505,7 +525,11 @@ fn odd_binds() -> Vec<Odd> {
     // The DN followed by a NUL byte: 389 refuses it, the proxy must not bind either.
     cases.push(Odd {
         name: "DN followed by NUL and more",
-        bytes: msg(&op(&[&v3, &ber::tlv(0x04, &[dn, b"\0garbage"].concat()), &simple])),
+        bytes: msg(&op(&[
+            &v3,
+            &ber::tlv(0x04, &[dn, b"\0garbage"].concat()),
+            &simple,
+        ])),
         must: Must::NotSucceed,
         direct: Some(ProtocolError),
     });
@@ -536,7 +560,7 @@ fn odd_bind_encodings_are_refused_or_decided_never_forwarded() {
                 );
                 straight
             }
-            None => Answer::NoAnswer,
+            None => Answer::Silent,
         };
 
         let (mut c, answer) = send_bind(b.raw(), &case.bytes);
@@ -567,7 +591,18 @@ fn ldapv2_bind_gets_protocol_error() {
     let b = Bench::new(&site_routes());
     let alice = user("alice");
     let args = [
-        "-P", "2", "-x", "-LLL", "-D", &alice, "-w", "alice-dirpw", "-b", &alice, "-s", "base",
+        "-P",
+        "2",
+        "-x",
+        "-LLL",
+        "-D",
+        &alice,
+        "-w",
+        "alice-dirpw",
+        "-b",
+        &alice,
+        "-s",
+        "base",
         "uid",
     ];
     let straight = ldap_tool("ldapsearch", &directory().uri, &args);
@@ -621,7 +656,9 @@ fn dn_spellings_of_a_routed_user_are_decided_as_the_entry() {
     // one transaction, so the count is not fixed).
     let pushes = b.pushes();
     if pushes.is_empty() || pushes.iter().any(|p| *p != push("alice")) {
-        failures.push(format!("PAM transactions must all be for the PAM user alice: {pushes:?}"));
+        failures.push(format!(
+            "PAM transactions must all be for the PAM user alice: {pushes:?}"
+        ));
     }
 
     let b = Bench::new(&secure_site_routes());
@@ -647,14 +684,22 @@ fn dn_spellings_of_a_routed_user_are_decided_as_the_entry() {
 fn password_sasl_mechanisms_are_refused() {
     let b = Bench::new(&site_routes());
     let mut failures = Vec::new();
-    for mech in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "DIGEST-MD5"] {
+    for mech in [
+        "PLAIN",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "CRAM-MD5",
+        "DIGEST-MD5",
+    ] {
         // PLAIN is refused by the client library's own default security properties.
         let args = ["-O", "none", "-Y", mech, "-U", "alice", "-w", "alice-dirpw"];
         let straight = ldap_tool("ldapwhoami", &directory().uri, &args);
-        assert_eq!(straight.code, 0, "control: 389 accepts {mech}: {straight:?}");
+        assert_eq!(
+            straight.code, 0,
+            "control: 389 accepts {mech}: {straight:?}"
+        );
         let proxied = ldap_tool("ldapwhoami", &b.uri(), &args);
-        if proxied.code != 7 || !proxied.stderr.contains("(7)") || proxied.stdout.contains("dn:")
-        {
+        if proxied.code != 7 || !proxied.stderr.contains("(7)") || proxied.stdout.contains("dn:") {
             failures.push(format!("{mech}: {proxied:?}"));
         }
     }
@@ -683,8 +728,8 @@ fn sasl_plain_spellings_are_refused() {
             "control: 389 with {mech:?}: {straight:?}"
         );
         let (mut c, a) = send_bind(b.raw(), &bytes);
-        let refused = a.code() == Some(LdapResultCode::AuthMethodNotSupported)
-            || a.is_protocol_refusal();
+        let refused =
+            a.code() == Some(LdapResultCode::AuthMethodNotSupported) || a.is_protocol_refusal();
         let mech = String::from_utf8_lossy(mech);
         if !refused {
             failures.push(format!("{mech:?}: {a:?}"));
@@ -714,7 +759,12 @@ fn external_and_gssapi_are_forwarded() {
             Some(LdapResultCode::AuthMethodNotSupported),
             "{mech:?}"
         );
-        assert_eq!(proxied, straight, "{:?}: not 389's answer", String::from_utf8_lossy(mech));
+        assert_eq!(
+            proxied,
+            straight,
+            "{:?}: not 389's answer",
+            String::from_utf8_lossy(mech)
+        );
     }
 }
 
@@ -742,7 +792,10 @@ fn coalescing_is_per_client_address() {
     let mut other = b.raw_from(OTHER);
     other.send(bind_request(1, &alice, &pw));
 
-    assert_eq!(bind_answer(&mut first).code(), Some(LdapResultCode::Success));
+    assert_eq!(
+        bind_answer(&mut first).code(),
+        Some(LdapResultCode::Success)
+    );
     assert_eq!(
         bind_answer(&mut retry).code(),
         Some(LdapResultCode::Success),
@@ -771,17 +824,28 @@ fn coalescing_is_per_client_address() {
     };
     let before = b.pushes().len();
     let (_, theirs) = send_bind(b.raw_from(stranger), &ber::simple_bind(1, &alice, &pw));
-    assert_eq!(theirs.code(), Some(LdapResultCode::Success), "its own push approves");
+    assert_eq!(
+        theirs.code(),
+        Some(LdapResultCode::Success),
+        "its own push approves"
+    );
     let after = b.pushes();
     assert_eq!(
         after.len(),
         before + 1,
         "127.0.0.2 reused 127.0.0.1's finished transaction: {after:?}"
     );
-    assert_eq!(after.last(), Some(&push_from("alice", &stranger.to_string())));
+    assert_eq!(
+        after.last(),
+        Some(&push_from("alice", &stranger.to_string()))
+    );
     let (_, again) = send_bind(b.raw(), &ber::simple_bind(1, &alice, &pw));
     assert_eq!(again.code(), Some(LdapResultCode::Success));
-    assert_eq!(b.pushes(), after, "a retry from 127.0.0.1 within the grace window");
+    assert_eq!(
+        b.pushes(),
+        after,
+        "a retry from 127.0.0.1 within the grace window"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -796,7 +860,11 @@ fn dn_spellings_of_one_entry_get_one_push_at_a_time() {
     b.pam.set_duo_delay(3);
     let s = suffix();
     let mut first = b.raw();
-    first.send(bind_request(1, &format!("uid=bob,ou=People,{s}"), &pampw("bob")));
+    first.send(bind_request(
+        1,
+        &format!("uid=bob,ou=People,{s}"),
+        &pampw("bob"),
+    ));
     b.wait_pushes(1);
     let others: Vec<(String, RawClient)> = [
         "uid=Bob,ou=People,dc=example,dc=com",
@@ -818,11 +886,18 @@ fn dn_spellings_of_one_entry_get_one_push_at_a_time() {
             (dn, a)
         })
         .collect();
-    assert_eq!(bind_answer(&mut first).code(), Some(LdapResultCode::Success));
+    assert_eq!(
+        bind_answer(&mut first).code(),
+        Some(LdapResultCode::Success)
+    );
     for (dn, a) in &answers {
         assert_eq!(a.code(), Some(LdapResultCode::Busy), "{dn}: {a:?}");
     }
-    assert_eq!(b.pushes(), [push("bob")], "one PAM transaction for bob's entry");
+    assert_eq!(
+        b.pushes(),
+        [push("bob")],
+        "one PAM transaction for bob's entry"
+    );
 }
 
 /// Spellings of bob's DN share one attempt budget (`max_attempts_per_minute`).
@@ -842,7 +917,11 @@ fn dn_spellings_of_one_entry_share_one_attempt_budget() {
     .enumerate()
     {
         let (_, a) = send_bind(b.raw(), &ber::simple_bind(1, dn, &format!("guess-{i}")));
-        assert_eq!(a.code(), Some(LdapResultCode::InvalidCredentials), "{dn}: {a:?}");
+        assert_eq!(
+            a.code(),
+            Some(LdapResultCode::InvalidCredentials),
+            "{dn}: {a:?}"
+        );
     }
     for dn in [
         "uid=bob,ou=people,dc=example,dc=com",
@@ -896,13 +975,20 @@ fn a_guess_during_a_pending_push_waits_for_it_and_gets_busy() {
         .collect();
     for g in guesses {
         let (from, a, elapsed) = g.join().unwrap();
-        assert_eq!(a.code(), Some(LdapResultCode::Busy), "guess from {from:?}: {a:?}");
+        assert_eq!(
+            a.code(),
+            Some(LdapResultCode::Busy),
+            "guess from {from:?}: {a:?}"
+        );
         assert!(
             elapsed >= Duration::from_secs(DELAY),
             "guess from {from:?} refused after {elapsed:?}, before the pending push ended"
         );
     }
-    assert_eq!(bind_answer(&mut pending).code(), Some(LdapResultCode::Success));
+    assert_eq!(
+        bind_answer(&mut pending).code(),
+        Some(LdapResultCode::Success)
+    );
     assert_eq!(b.pushes(), [push("alice")]);
     assert!(
         b.counter(IN_FLIGHT) >= before + 2.0,
@@ -939,7 +1025,11 @@ fn a_stranger_cannot_lock_a_user_out() {
     );
 
     let (_, a) = send_bind(b.raw(), &ber::simple_bind(1, &frank, &pampw("frank")));
-    assert_eq!(a.code(), Some(LdapResultCode::Success), "frank from 127.0.0.1: {a:?}");
+    assert_eq!(
+        a.code(),
+        Some(LdapResultCode::Success),
+        "frank from 127.0.0.1: {a:?}"
+    );
 
     for (msgid, pw) in [(100, "guess-x".to_owned()), (101, pampw("frank"))] {
         assert_eq!(
@@ -968,9 +1058,27 @@ fn a_refused_bind_leaves_the_session_anonymous() {
     let noposix = (user("noposix"), dirpw("noposix"));
     let root = (ds.root_dn.clone(), ds.root_pw.clone());
     let cases = [
-        (site_routes(), &noposix, "alice", "wrong", InvalidCredentials),
-        (secure_site_routes(), &root, "alice", "alice-pampw", ConfidentialityRequired),
-        (site_routes(), &noposix, "lockeduser", "lockeduser-pampw", UnwillingToPerform),
+        (
+            site_routes(),
+            &noposix,
+            "alice",
+            "wrong",
+            InvalidCredentials,
+        ),
+        (
+            secure_site_routes(),
+            &root,
+            "alice",
+            "alice-pampw",
+            ConfidentialityRequired,
+        ),
+        (
+            site_routes(),
+            &noposix,
+            "lockeduser",
+            "lockeduser-pampw",
+            UnwillingToPerform,
+        ),
     ];
     let mut failures = Vec::new();
     for (routes, (first_dn, first_pw), uid, pw, code) in cases {
@@ -984,7 +1092,10 @@ fn a_refused_bind_leaves_the_session_anonymous() {
             format!("dn:{}", first_dn.to_lowercase().replace(' ', ""))
         );
         let readable = mail_readable(&mut c, 3);
-        assert!(readable.contains(&noposix.0), "{first_dn} reads {readable:?}");
+        assert!(
+            readable.contains(&noposix.0),
+            "{first_dn} reads {readable:?}"
+        );
 
         assert_eq!(c.simple_bind(4, &user(uid), pw), code, "{uid} {pw}");
         if let Err(e) = anonymous(&mut c, 5) {
@@ -992,7 +1103,9 @@ fn a_refused_bind_leaves_the_session_anonymous() {
         }
         let readable = mail_readable(&mut c, 6);
         if !readable.is_empty() {
-            failures.push(format!("after {code:?} the session still reads {readable:?}"));
+            failures.push(format!(
+                "after {code:?} the session still reads {readable:?}"
+            ));
         }
     }
     assert_none(&failures);
@@ -1020,7 +1133,10 @@ fn client_strings_cannot_forge_log_lines() {
     }
     let logged = |marker: &str| {
         let marker = marker.to_owned();
-        move |log: &str| log.lines().any(|l| l.contains(&marker) && l.contains(" bind "))
+        move |log: &str| {
+            log.lines()
+                .any(|l| l.contains(&marker) && l.contains(" bind "))
+        }
     };
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -1135,7 +1251,10 @@ fn suffix_scope_follows_the_entry_not_the_spelling() {
         let (_, a) = send_bind(direct(), &ber::simple_bind(1, dn, "alice-dirpw"));
         assert!(a.is_success(), "control: 389 binds {dn}: {a:?}");
     }
-    let global = format!("[bind]\ninclude_suffixes = [\"{people}\"]\n{}", site_routes());
+    let global = format!(
+        "[bind]\ninclude_suffixes = [\"{people}\"]\n{}",
+        site_routes()
+    );
     let per_route = route(
         "duo",
         Some(INTERNAL),
@@ -1147,7 +1266,11 @@ fn suffix_scope_follows_the_entry_not_the_spelling() {
         let b = Bench::new(&config);
         // Control: the plain spelling is the strong route's.
         let (_, a) = send_bind(b.raw(), &ber::simple_bind(1, &user("alice"), "alice-dirpw"));
-        assert_eq!(a.code(), Some(LdapResultCode::InvalidCredentials), "{config}");
+        assert_eq!(
+            a.code(),
+            Some(LdapResultCode::InvalidCredentials),
+            "{config}"
+        );
         for dn in &spellings {
             let (mut c, a) = send_bind(b.raw(), &ber::simple_bind(1, dn, "alice-dirpw"));
             if a.code() != Some(LdapResultCode::InvalidCredentials) {
@@ -1269,14 +1392,23 @@ fn clear_text_binds_in_scope_all_get_the_same_answer() {
         })
         .collect();
     let first = &answers[0].1;
-    assert_eq!(first.code(), Some(LdapResultCode::ConfidentialityRequired), "{answers:#?}");
+    assert_eq!(
+        first.code(),
+        Some(LdapResultCode::ConfidentialityRequired),
+        "{answers:#?}"
+    );
     for (dn, a) in &answers {
-        assert_eq!(a, first, "{dn} answers differently on clear text: {answers:#?}");
+        assert_eq!(
+            a, first,
+            "{dn} answers differently on clear text: {answers:#?}"
+        );
     }
     let ds = directory();
     let (mut c, a) = send_bind(b.raw(), &ber::simple_bind(1, &ds.root_dn, &ds.root_pw));
     assert_eq!(a.code(), Some(LdapResultCode::Success), "root DN: {a:?}");
-    assert!(whoami_on(&mut c, 2).unwrap().is_some_and(|id| id.contains("directory manager")));
+    assert!(whoami_on(&mut c, 2)
+        .unwrap()
+        .is_some_and(|id| id.contains("directory manager")));
     assert_eq!(b.pushes(), Vec::<String>::new());
 }
 
@@ -1309,7 +1441,9 @@ fn every_pipelined_bind_gets_an_audit_line() {
         let mut codes = vec![String::new(); binds.len()];
         for _ in &binds {
             let m = c.recv().expect("bind response");
-            let LdapOp::BindResponse(r) = m.op else { panic!("{m:?}") };
+            let LdapOp::BindResponse(r) = m.op else {
+                panic!("{m:?}")
+            };
             codes[m.msgid as usize - 1] = (r.res.code as i32).to_string();
         }
         let expected: Vec<&str> = binds.iter().map(|(_, _, code)| *code).collect();

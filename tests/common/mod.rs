@@ -736,7 +736,11 @@ pub mod ber {
 
     /// A simple bind as a whole message (DER).
     pub fn simple_bind(msgid: i32, dn: &str, password: &str) -> Vec<u8> {
-        message(msgid, &simple_bind_op(3, dn.as_bytes(), password.as_bytes()), None)
+        message(
+            msgid,
+            &simple_bind_op(3, dn.as_bytes(), password.as_bytes()),
+            None,
+        )
     }
 
     /// A subtree search of `base` for `(cn=<value_len × 'x'>)`, attribute `cn`: a

@@ -378,7 +378,7 @@ pub fn start_bind(proxy: &Proxy, uid: &str, pw: &str) -> RawClient {
 
 /// [`start_bind`] from another client address (a loopback address such as 127.0.0.2).
 pub fn start_bind_from(proxy: &Proxy, local: &str, uid: &str, pw: &str) -> RawClient {
-    let mut c = RawClient::connect_from(proxy.addr, local.parse().expect("IP address"));
+    let mut c = RawClient::connect_from(local.parse().expect("IP address"), proxy.addr);
     c.send(bind_request(1, &user(uid), pw));
     c
 }
@@ -452,22 +452,16 @@ impl RawClient {
         RawClient::over(TcpStream::connect(addr).expect("connect"))
     }
 
-    /// Connects from the local address `local` (another loopback address such as
-    /// 127.0.0.2), so that the proxy sees another client.
-    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> RawClient {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("runtime");
-        let stream = runtime
-            .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(SocketAddr::new(local, 0))?;
-                socket.connect(addr).await?.into_std()
-            })
-            .unwrap_or_else(|e| panic!("connect from {local}: {e}"));
-        stream.set_nonblocking(false).unwrap();
-        RawClient::over(stream)
+    /// Connects from the local address `local` (any port), to be "another client
+    /// address": every 127.0.0.0/8 address is the loopback interface on Linux.
+    pub fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> RawClient {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::new(local, 0).into())
+            .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        socket.connect(&addr.into()).expect("connect");
+        RawClient::over(socket.into())
     }
 
     fn over(stream: TcpStream) -> RawClient {
@@ -479,6 +473,65 @@ impl RawClient {
             buf: BytesMut::new(),
             codec: LdapCodec::new(Some(64 << 20), None),
         }
+    }
+
+    /// The client's end of the connection (as the server logs it: `client=<addr>`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local_addr")
+    }
+
+    /// Another handle on the socket, e.g. to write from a thread while this one reads.
+    pub fn stream_clone(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone stream")
+    }
+
+    /// The next message within `limit`, without panicking on what a hostile or broken
+    /// server may send.
+    pub fn recv_within(&mut self, limit: Duration) -> Received {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(m)) => return Received::Msg(m),
+                Ok(None) => {}
+                Err(e) => return Received::Undecodable(format!("{e:?}")),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Received::TimedOut;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            let read = self.stream.read(&mut chunk);
+            self.stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            match read {
+                Ok(0) => return Received::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Received::Closed
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Received::TimedOut
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Writes `bytes`; false when the server has already closed the connection.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
     }
 
     pub fn send(&mut self, msg: LdapMsg) {
@@ -553,6 +606,164 @@ impl RawClient {
                 _ => return (before, m),
             }
         }
+    }
+}
+
+/// What [`RawClient::recv_within`] got.
+#[derive(Debug)]
+pub enum Received {
+    Msg(LdapMsg),
+    /// The server closed the connection (or reset it).
+    Closed,
+    TimedOut,
+    /// Bytes that are not an LDAP message ldap3_proto can read.
+    Undecodable(String),
+}
+
+/// The resident memory of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// BER by hand, for requests no well-behaved encoder would produce: every length and tag
+/// form a lenient decoder (389's liblber) may accept.
+pub mod ber {
+    /// How a length is written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Len {
+        /// Short form below 128, else the fewest long-form octets (DER).
+        Minimal,
+        /// Long form with this many length octets (at least as many as the value needs;
+        /// more are leading zeros: valid BER, not DER).
+        Long(u8),
+        /// Indefinite form (0x80), contents closed by an end-of-contents (00 00).
+        Indefinite,
+    }
+
+    /// The length octets of `n` written as `form` (`Indefinite` gives 0x80 alone).
+    pub fn len(n: usize, form: Len) -> Vec<u8> {
+        let needed = (usize::BITS - n.leading_zeros()).div_ceil(8).max(1) as usize;
+        match form {
+            Len::Minimal if n < 0x80 => vec![n as u8],
+            Len::Minimal => len(n, Len::Long(needed as u8)),
+            Len::Long(k) => {
+                let k = (k as usize).max(needed);
+                assert!(k < 0x7f, "{k} length octets");
+                let mut out = vec![0x80 | k as u8];
+                for i in (0..k).rev() {
+                    out.push(if i < std::mem::size_of::<usize>() {
+                        (n >> (8 * i)) as u8
+                    } else {
+                        0
+                    });
+                }
+                out
+            }
+            Len::Indefinite => vec![0x80],
+        }
+    }
+
+    /// A TLV with a DER length.
+    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        tlv_as(tag, content, Len::Minimal)
+    }
+
+    /// A TLV with the length written as `form`.
+    pub fn tlv_as(tag: u8, content: &[u8], form: Len) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend(len(content.len(), form));
+        out.extend_from_slice(content);
+        if form == Len::Indefinite {
+            out.extend_from_slice(&[0, 0]);
+        }
+        out
+    }
+
+    /// The minimal two's-complement content octets of an INTEGER.
+    pub fn int(n: i64) -> Vec<u8> {
+        let bytes = n.to_be_bytes();
+        let mut start = 0;
+        while start < 7
+            && ((bytes[start] == 0 && bytes[start + 1] & 0x80 == 0)
+                || (bytes[start] == 0xff && bytes[start + 1] & 0x80 != 0))
+        {
+            start += 1;
+        }
+        bytes[start..].to_vec()
+    }
+
+    /// An LDAPMessage: messageID, protocolOp (complete TLV) and optional controls
+    /// (the content of the `[0]` Controls element).
+    pub fn message(msgid: i32, op: &[u8], controls: Option<&[u8]>) -> Vec<u8> {
+        let mut body = tlv(0x02, &int(msgid.into()));
+        body.extend_from_slice(op);
+        if let Some(c) = controls {
+            body.extend(tlv(0xa0, c));
+        }
+        tlv(0x30, &body)
+    }
+
+    /// A simple BindRequest protocolOp (DER).
+    pub fn simple_bind_op(version: i64, dn: &[u8], password: &[u8]) -> Vec<u8> {
+        let mut body = tlv(0x02, &int(version));
+        body.extend(tlv(0x04, dn));
+        body.extend(tlv(0x80, password));
+        tlv(0x60, &body)
+    }
+
+    /// A SASL BindRequest protocolOp (DER); `credentials` absent when `None`.
+    pub fn sasl_bind_op(dn: &[u8], mechanism: &[u8], credentials: Option<&[u8]>) -> Vec<u8> {
+        let mut sasl = tlv(0x04, mechanism);
+        if let Some(c) = credentials {
+            sasl.extend(tlv(0x04, c));
+        }
+        let mut body = tlv(0x02, &int(3));
+        body.extend(tlv(0x04, dn));
+        body.extend(tlv(0xa3, &sasl));
+        tlv(0x60, &body)
+    }
+
+    /// A Control (DER): criticality written only when `Some`.
+    pub fn control(oid: &[u8], critical: Option<bool>, value: Option<&[u8]>) -> Vec<u8> {
+        let mut body = tlv(0x04, oid);
+        if let Some(c) = critical {
+            body.extend(tlv(0x01, &[if c { 0xff } else { 0 }]));
+        }
+        if let Some(v) = value {
+            body.extend(tlv(0x04, v));
+        }
+        tlv(0x30, &body)
+    }
+
+    /// A simple bind as a whole message (DER).
+    pub fn simple_bind(msgid: i32, dn: &str, password: &str) -> Vec<u8> {
+        message(
+            msgid,
+            &simple_bind_op(3, dn.as_bytes(), password.as_bytes()),
+            None,
+        )
+    }
+
+    /// A subtree search of `base` for `(cn=<value_len × 'x'>)`, attribute `cn`: a
+    /// request of about `value_len` bytes that no directory entry answers.
+    pub fn large_search(msgid: i32, base: &str, value_len: usize) -> Vec<u8> {
+        let mut filter = tlv(0x04, b"cn");
+        filter.extend(tlv(0x04, &vec![b'x'; value_len]));
+        let mut body = tlv(0x04, base.as_bytes());
+        body.extend(tlv(0x0a, &[2])); // scope: subtree
+        body.extend(tlv(0x0a, &[0])); // derefAliases: never
+        body.extend(tlv(0x02, &[0])); // sizeLimit
+        body.extend(tlv(0x02, &[0])); // timeLimit
+        body.extend(tlv(0x01, &[0])); // typesOnly
+        body.extend(tlv(0xa3, &filter)); // equalityMatch
+        body.extend(tlv(0x30, &tlv(0x04, b"cn")));
+        message(msgid, &tlv(0x63, &body), None)
     }
 }
 

@@ -126,11 +126,19 @@ pub fn first_look(config: &Config, req: &BindRequest<'_>, tls: bool) -> FirstLoo
     };
     let spelled = Dn::parse(name).ok();
     // Where every route that could take the DN is secure, the answer on a clear
-    // connection is known before asking the directory anything.
-    if let Some(Triage::Candidates(c)) = spelled.as_ref().map(|d| triage(config, d)) {
-        if c.iter().all(|i| config.routes[*i].secure) && refuses_clear_text(config, &c, tls) {
-            return FirstLook::Refuse(tls_required());
-        }
+    // connection is known before asking the directory anything. A name the proxy cannot
+    // read as a DN could be anywhere: it gets the same answer (no client needs one).
+    let all = (0..config.routes.len()).collect::<Vec<_>>();
+    let candidates = match spelled.as_ref().map(|d| triage(config, d)) {
+        Some(Triage::Candidates(c)) => c,
+        Some(_) => Vec::new(),
+        None => all,
+    };
+    if !candidates.is_empty()
+        && candidates.iter().all(|i| config.routes[*i].secure)
+        && refuses_clear_text(config, &candidates, tls)
+    {
+        return FirstLook::Refuse(tls_required());
     }
     FirstLook::Decide(SimpleBind {
         name: name.to_owned(),
@@ -377,8 +385,16 @@ pub async fn resolve(
     // another DN (quotes, escapes of ordinary characters, attribute type aliases) could
     // only be used to make the two disagree.
     if bind.spelled.as_ref() != Some(&dn) {
+        let secure_scope = matches!(
+            triage(config, &dn),
+            Triage::Candidates(c) if refuses_clear_text(config, &c, tls)
+        );
         resolution.plan = Plan::Reject {
-            err: invalid_credentials(),
+            err: if secure_scope {
+                tls_required()
+            } else {
+                invalid_credentials()
+            },
             detail: "the bind DN is spelled differently from the entry's DN",
         };
         resolution.resolved = Some(Resolved { entry, dn });

@@ -60,6 +60,38 @@ impl Dn {
             let mut value = String::new();
             let mut end = None;
             let mut escaped_trailing_space = false;
+            while chars.peek() == Some(&' ') {
+                chars.next();
+            }
+            if chars.peek() == Some(&'"') {
+                // An RFC 1779 quoted value (`ou="People"`), which 389 still reads.
+                chars.next();
+                let quoted = quoted_value(&mut chars)?;
+                match chars.next() {
+                    None => {}
+                    Some(c @ (',' | ';' | '+')) => end = Some(c),
+                    Some(_) => return Err(DnError("text after a quoted value")),
+                }
+                if quoted.is_empty() {
+                    return Err(DnError("empty attribute value"));
+                }
+                avas.push(Ava {
+                    attr,
+                    norm: quoted.to_lowercase(),
+                    value: quoted,
+                });
+                match end {
+                    Some('+') => continue,
+                    Some(_) => {
+                        rdns.push(Rdn(std::mem::take(&mut avas)));
+                        continue;
+                    }
+                    None => {
+                        rdns.push(Rdn(avas));
+                        return Ok(Dn { rdns });
+                    }
+                }
+            }
             while let Some(c) = chars.next() {
                 match c {
                     '\\' => {
@@ -89,10 +121,11 @@ impl Dn {
                                 &String::from_utf8(bytes)
                                     .map_err(|_| DnError("escaped bytes are not UTF-8"))?,
                             );
-                        } else if " \"#+,;<=>\\".contains(a) {
-                            value.push(a);
                         } else {
-                            return Err(DnError("bad escape"));
+                            // RFC 4514 escapes only special characters; 389 (liblber)
+                            // reads an escaped ordinary character as itself, and so does
+                            // the proxy, so the two agree on what the DN names.
+                            value.push(a);
                         }
                         escaped_trailing_space = a == ' ';
                         continue;
@@ -150,6 +183,24 @@ impl Dn {
             .and_then(|r| r.0.first())
             .map(|a| a.value.as_str())
     }
+}
+
+/// The rest of a quoted value after its opening quote, up to the closing one (consumed,
+/// with the spaces after it). Inside, `\x` is `x`.
+fn quoted_value(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, DnError> {
+    let mut value = String::new();
+    loop {
+        match chars.next() {
+            None => return Err(DnError("unterminated quoted value")),
+            Some('"') => break,
+            Some('\\') => value.push(chars.next().ok_or(DnError("dangling escape"))?),
+            Some(c) => value.push(c),
+        }
+    }
+    while chars.peek() == Some(&' ') {
+        chars.next();
+    }
+    Ok(value)
 }
 
 impl Dn {
@@ -268,9 +319,36 @@ mod tests {
     }
 
     #[test]
+    fn spellings_389_reads_as_the_same_dn() {
+        let alice = dn("uid=alice,ou=People,dc=example,dc=com");
+        for spelled in [
+            "uid=al\\ice,ou=People,dc=example,dc=com",
+            "uid=\\61lice,ou=People,dc=example,dc=com",
+            "uid=alice,ou=\"People\",dc=example,dc=com",
+            "uid=\"alice\" , ou=People;dc=example;dc=com",
+            " uid = alice , ou = People , dc = example , dc = com ",
+        ] {
+            assert_eq!(dn(spelled), alice, "{spelled}");
+        }
+        assert_eq!(
+            dn("cn=\"Smith, John\",dc=x").rdn_value("cn"),
+            Some("Smith, John")
+        );
+    }
+
+    #[test]
     fn bad_dns() {
         for bad in [
-            "uid", "=x", "uid=", "uid=a,", "uid=a\\", "u id=a", "cn=\\zz",
+            "uid",
+            "=x",
+            "uid=",
+            "uid=a,",
+            "uid=a\\",
+            "u id=a",
+            "cn=\\az",
+            "ou=\"x",
+            "ou=\"x\"y",
+            "ou=\"\"",
         ] {
             assert!(Dn::parse(bad).is_err(), "{bad}");
         }

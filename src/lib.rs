@@ -14,6 +14,7 @@ pub mod explain;
 pub mod filter;
 pub mod frame;
 pub mod import389;
+pub mod logsafe;
 pub mod lookup;
 pub mod message;
 pub mod metrics;

@@ -7,23 +7,26 @@
 //! leads to; what a clear connection would get instead is its own line.
 
 use crate::bind::{self, Plan, SimpleBind, Triage};
-use crate::check;
 use crate::config::{Config, IdMap, Insecure, Route, Unmatched};
 use crate::dn::{Dn, DnError};
+use crate::logsafe::Untrusted;
 use crate::lookup::{EntryFacts, LookupError, LookupPool};
 use crate::secret::Password;
+use crate::{check, dircheck, duo};
 
 /// `explain` could not decide.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    #[error("'{dn}' is not a DN: {source}")]
+    #[error("'{}' is not a DN: {source}", Untrusted::new(.dn))]
     BadDn {
         dn: String,
         #[source]
         source: DnError,
     },
     #[error(
-        "cannot look up {dn} in the directory: {source} (a bind now would get unavailable (52))"
+        "cannot look up {} in the directory: {} (a bind now would get unavailable (52))",
+        Untrusted::new(.dn),
+        Untrusted::new(&.source.to_string())
     )]
     Lookup {
         dn: String,
@@ -34,13 +37,22 @@ pub enum ExplainError {
     Runtime(#[source] std::io::Error),
 }
 
-/// As [`explain`], on a runtime of its own with a fresh lookup pool (for the CLI).
+/// As [`explain`], on a runtime of its own with a fresh lookup pool (for the CLI). Also
+/// logs a warning when the directory advertises password SASL mechanisms.
 pub fn explain_blocking(config: &Config, dn: &str) -> Result<Vec<String>, ExplainError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ExplainError::Runtime)?
-        .block_on(explain(config, &LookupPool::default(), dn))
+        .block_on(async {
+            let lines = explain(config, &LookupPool::default(), dn).await?;
+            if let Ok(dse) = dircheck::root_dse(config).await {
+                if let Some(warning) = dircheck::sasl_warning(&dse.sasl_mechanisms) {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Ok(lines)
+        })
 }
 
 fn code_name(code: &ldap3_proto::proto::LdapResultCode) -> String {
@@ -63,7 +75,8 @@ pub async fn explain(
     lookup: &LookupPool,
     dn: &str,
 ) -> Result<Vec<String>, ExplainError> {
-    let mut out = vec![format!("dn: {dn}")];
+    // The DN and what the directory returns are shown escaped: they reach a terminal.
+    let mut out = vec![format!("dn: {}", Untrusted::new(dn))];
     let parsed = Dn::parse(dn).map_err(|source| ExplainError::BadDn {
         dn: dn.to_owned(),
         source,
@@ -75,7 +88,10 @@ pub async fn explain(
         );
         return Ok(out);
     }
-    out.push(format!("normalised: {parsed}"));
+    out.push(format!(
+        "normalised: {}",
+        Untrusted::new(&parsed.to_string())
+    ));
 
     let candidates = match bind::triage(config, &parsed) {
         Triage::NotOurs(why) => {
@@ -218,17 +234,32 @@ fn describe_route(
             check::missing_service_explanation(&route.pam_service, &dirs)
         ),
     });
+    for module in duo::duo_modules(&route.pam_service, &dirs) {
+        out.push(format!(
+            "pam_duo: {}:{} reads {}: {}",
+            module.pam_file.display(),
+            module.line,
+            module.conf.display(),
+            match duo::check_conf(&module.conf) {
+                Ok(()) => "ok (failmode = secure, readable only by its owner)".to_owned(),
+                Err(problem) => format!("PROBLEM: {problem}"),
+            }
+        ));
+    }
     let methods: Vec<String> = route
         .id_map
         .iter()
         .map(|m| match m {
-            IdMap::Rdn => format!("rdn → {}", bind.dn.first_rdn_value().unwrap_or("(none)")),
+            IdMap::Rdn => format!(
+                "rdn → {}",
+                Untrusted::new(bind.dn.first_rdn_value().unwrap_or("(none)"))
+            ),
             IdMap::Entry => format!(
                 "entry {} → {}",
                 route.id_attr,
-                facts.first(&route.id_attr).unwrap_or("(none)")
+                Untrusted::new(facts.first(&route.id_attr).unwrap_or("(none)"))
             ),
-            IdMap::Dn => format!("dn → {}", bind.dn_text),
+            IdMap::Dn => format!("dn → {}", Untrusted::new(&bind.dn_text)),
         })
         .collect();
     out.push(format!("id_map: {}", methods.join("; ")));
@@ -274,14 +305,18 @@ fn push_plan_end(config: &Config, plan: Plan, out: &mut Vec<String>) {
             err.message
         )),
         Plan::Pam { route, identities } => {
+            let shown: Vec<String> = identities
+                .iter()
+                .map(|i| Untrusted::new(i).to_string())
+                .collect();
             out.push(format!(
                 "pam identities: {} (in order; the next only when PAM answers PAM_USER_UNKNOWN)",
-                identities.join(", ")
+                shown.join(", ")
             ));
             out.push(format!(
                 "decision: PAM authentication with service {} as {}",
                 config.routes[route].pam_service,
-                identities.first().map(String::as_str).unwrap_or_default()
+                shown.first().map(String::as_str).unwrap_or_default()
             ));
         }
     }

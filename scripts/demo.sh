@@ -310,7 +310,11 @@ shutdown_grace = "5s"
 [metrics]
 listen = "$METRICS"
 EOF
-    "$BIN" check-config "$CONFIG" >/dev/null || die "the demo configuration $CONFIG does not pass check-config (error above)"
+    # The proxy runs PAM under pam_wrapper: check-config must look for its services where
+    # pam_wrapper does, and reads PAM_WRAPPER_SERVICE_DIR only with PAM_WRAPPER=1, as
+    # pam_wrapper itself.
+    PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$PAM_SERVICES" "$BIN" check-config "$CONFIG" >/dev/null \
+        || die "the demo configuration $CONFIG does not pass check-config (error above)"
 }
 
 print_try() {

@@ -4,6 +4,7 @@
 //! host.
 
 use crate::config::{BackendConfig, BackendUri};
+use crate::logsafe::Untrusted;
 use crate::tls::{self, Stream};
 use crate::{message, proto};
 use bytes::BytesMut;
@@ -165,9 +166,11 @@ async fn start_tls(stream: &mut TcpStream) -> Result<(), String> {
         {
             Ok(())
         }
+        // The directory's diagnostic text ends up in a log line: as data.
         LdapOp::ExtendedResponse(r) => Err(format!(
             "StartTLS refused: {:?}: {}",
-            r.res.code, r.res.message
+            r.res.code,
+            Untrusted::new(&r.res.message)
         )),
         other => Err(format!(
             "unexpected answer to StartTLS: {}",
@@ -233,9 +236,11 @@ pub async fn connect_as_service(cfg: &BackendConfig) -> Result<BackendStream, Se
         .map_err(ServiceBindError::Io)?;
     match reply.op {
         LdapOp::BindResponse(r) if r.res.code == LdapResultCode::Success => Ok(stream),
+        // The directory's diagnostic text ends up in log lines: as data.
         LdapOp::BindResponse(r) => Err(ServiceBindError::Refused(format!(
             "{:?}: {}",
-            r.res.code, r.res.message
+            r.res.code,
+            Untrusted::new(&r.res.message)
         ))),
         other => Err(ServiceBindError::Io(format!(
             "unexpected answer to bind: {}",

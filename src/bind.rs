@@ -70,6 +70,23 @@ pub fn is_password_sasl(mechanism: &str) -> bool {
     ) || mechanism.starts_with("SCRAM-")
 }
 
+/// A warning when `bind.forward_sasl` lists a mechanism that carries a password.
+pub fn forward_sasl_warning(config: &Config) -> Option<String> {
+    let risky: Vec<&str> = config
+        .bind
+        .forward_sasl
+        .iter()
+        .map(String::as_str)
+        .filter(|m| is_password_sasl(m))
+        .collect();
+    (!risky.is_empty()).then(|| {
+        format!(
+            "bind.forward_sasl lists {}: the directory checks its own password for these, so routed users can log in without PAM or MFA",
+            risky.join(", ")
+        )
+    })
+}
+
 /// The refusal every clear-text bind in a secure route's scope gets, whether or not the
 /// DN exists or a route matches it: the answer tells nothing about the DN.
 pub fn tls_required() -> LdapError {
@@ -371,8 +388,8 @@ pub async fn resolve(
     };
     let Ok(dn) = Dn::parse(&entry.dn) else {
         return Err(LookupError::Refused(format!(
-            "the directory returned a DN the proxy cannot read: {:?}",
-            entry.dn
+            "the directory returned a DN the proxy cannot read: {}",
+            crate::logsafe::Untrusted::new(&entry.dn)
         )));
     };
     let mut resolution = Resolution {

@@ -1,12 +1,16 @@
 //! `check-config`: everything [`Config::load`] validates (syntax, keys, values, filters,
 //! readable files, each with its line), and what only the host can tell: that every
-//! route's PAM service exists and that secrets are not readable by every local user.
+//! route's PAM service exists, that pam_duo in those services cannot fail open
+//! ([`duo`]), and that secrets are not readable by every local user. With `--live`,
+//! [`check_live`] also asks the directory.
 //!
 //! [`Config::load`] stops at the first error; this check goes on with what it can read
 //! on its own (route filters, PAM services, the service password file), so one run
 //! lists every error it can find.
 
 use crate::config::{Config, ConfigError};
+use crate::dircheck;
+use crate::duo;
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -26,12 +30,24 @@ impl CheckReport {
     }
 }
 
-/// Where PAM looks for service files, in order: `$PAM_WRAPPER_SERVICE_DIR` when set (the
-/// test harness runs the proxy under pam_wrapper), else `/etc/pam.d` and then the vendor
-/// directory `/usr/lib/pam.d` (Debian's libpam reads both).
+/// Where PAM looks for service files, in order: `$PAM_WRAPPER_SERVICE_DIR` when
+/// pam_wrapper is on (`PAM_WRAPPER=1`: the tests and the demo run PAM that way), else
+/// `/etc/pam.d` and then the vendor directory `/usr/lib/pam.d` (Debian's libpam reads
+/// both). pam_wrapper ignores the directory variable unless `PAM_WRAPPER=1`, and so does
+/// this: otherwise the checks would read files libpam never reads.
 pub fn pam_service_dirs() -> Vec<PathBuf> {
-    match std::env::var_os("PAM_WRAPPER_SERVICE_DIR") {
-        Some(d) if !d.is_empty() => vec![PathBuf::from(d)],
+    pam_service_dirs_for(
+        std::env::var_os("PAM_WRAPPER").as_deref(),
+        std::env::var_os("PAM_WRAPPER_SERVICE_DIR").as_deref(),
+    )
+}
+
+fn pam_service_dirs_for(
+    wrapper: Option<&std::ffi::OsStr>,
+    service_dir: Option<&std::ffi::OsStr>,
+) -> Vec<PathBuf> {
+    match (wrapper, service_dir) {
+        (Some(on), Some(d)) if on == "1" && !d.is_empty() => vec![PathBuf::from(d)],
         _ => vec![PathBuf::from("/etc/pam.d"), PathBuf::from("/usr/lib/pam.d")],
     }
 }
@@ -66,8 +82,14 @@ pub fn missing_service_explanation(service: &str, dirs: &[PathBuf]) -> String {
 struct Lenient {
     backend: Option<LenientBackend>,
     tls: Option<LenientTls>,
+    pam: Option<LenientPam>,
     #[serde(default)]
     route: Vec<LenientRoute>,
+}
+
+#[derive(Deserialize)]
+struct LenientPam {
+    duo_config_check: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +143,15 @@ pub fn check_text(text: &str, origin: &str, pam_dirs: &[PathBuf]) -> CheckReport
     // (line, message): sorted by line at the end.
     let mut errors: Vec<(usize, String)> = Vec::new();
     let mut reported_line = None;
-    if let Err(e) = Config::parse(text, origin) {
+    let parsed = Config::parse(text, origin);
+    if let Some(w) = parsed
+        .as_ref()
+        .ok()
+        .and_then(crate::bind::forward_sasl_warning)
+    {
+        report.warnings.push(w);
+    }
+    if let Err(e) = parsed {
         let line = match &e {
             ConfigError::Invalid { line, .. } => *line,
             ConfigError::Read { .. } => 0,
@@ -140,6 +170,13 @@ pub fn check_text(text: &str, origin: &str, pam_dirs: &[PathBuf]) -> CheckReport
         }
     };
 
+    // Only an explicit "warn" weakens the pam_duo check (a bad value is Config::parse's).
+    let duo_warn_only = lenient
+        .pam
+        .as_ref()
+        .and_then(|p| p.duo_config_check.as_ref())
+        .and_then(toml::Value::as_str)
+        == Some("warn");
     for (i, route) in lenient.route.iter().enumerate() {
         let name = route
             .name
@@ -172,6 +209,17 @@ pub fn check_text(text: &str, origin: &str, pam_dirs: &[PathBuf]) -> CheckReport
                         missing_service_explanation(service, pam_dirs)
                     ),
                 );
+            } else if valid {
+                let line = line_of(text, s.span().start);
+                for problem in duo::check_routes([(name.as_str(), service)], pam_dirs) {
+                    if duo_warn_only {
+                        report.warnings.push(format!(
+                            "{origin}:{line}: {problem} (pam.duo_config_check = \"warn\")"
+                        ));
+                    } else {
+                        error(line, problem.to_string());
+                    }
+                }
             }
         }
     }
@@ -211,6 +259,38 @@ pub fn check_text(text: &str, origin: &str, pam_dirs: &[PathBuf]) -> CheckReport
     report
 }
 
+/// `check-config --live`: what only the directory can tell about a configuration that
+/// loads — configured suffixes it lacks (under `missing_suffix = "error"`), the service
+/// account's rights on the attributes the routes need, and password SASL mechanisms it
+/// advertises (a warning). A directory that cannot be asked is an error here.
+pub fn check_live(config: &Config) -> CheckReport {
+    let mut report = CheckReport::default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            report
+                .errors
+                .push(format!("cannot start the async runtime: {e}"));
+            return report;
+        }
+    };
+    runtime.block_on(async {
+        if let Err(e) = crate::bind::check_suffixes(config).await {
+            report.errors.push(format!("directory: {e}"));
+        }
+        match dircheck::run(config).await {
+            Ok(warnings) => report
+                .warnings
+                .extend(warnings.into_iter().map(|w| format!("directory: {w}"))),
+            Err(e) => report.errors.push(format!("directory: {e}")),
+        }
+    });
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +300,19 @@ mod tests {
         assert_eq!(line_of("a\nb\nc", 0), 1);
         assert_eq!(line_of("a\nb\nc", 2), 2);
         assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+
+    #[test]
+    fn pam_wrapper_dir_only_when_pam_wrapper_is_on() {
+        let dir = Some(std::ffi::OsStr::new("/tmp/services"));
+        let system = [PathBuf::from("/etc/pam.d"), PathBuf::from("/usr/lib/pam.d")];
+        assert_eq!(
+            pam_service_dirs_for(Some("1".as_ref()), dir),
+            [PathBuf::from("/tmp/services")]
+        );
+        assert_eq!(pam_service_dirs_for(None, dir), system);
+        assert_eq!(pam_service_dirs_for(Some("0".as_ref()), dir), system);
+        assert_eq!(pam_service_dirs_for(Some("1".as_ref()), None), system);
     }
 
     #[test]

@@ -168,6 +168,20 @@ pub struct PamConfig {
     /// How long a finished transaction stays joinable by an identical retry from the same
     /// client address.
     pub coalesce_grace: Duration,
+    /// What a pam_duo configuration that would let users in on the password alone does
+    /// to a start or reload (see [`crate::duo`]).
+    pub duo_config_check: DuoConfigCheck,
+}
+
+/// `pam.duo_config_check`: the check of the pam_duo configuration files of route
+/// services at start, reload and `check-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuoConfigCheck {
+    /// A problem refuses the start (or the reload).
+    Enforce,
+    /// A problem is logged as a warning; the proxy runs anyway.
+    Warn,
 }
 
 /// One `[[route]]`: which binds go to which PAM service, and how.
@@ -295,6 +309,7 @@ struct RawPam {
     queue: Option<Spanned<i64>>,
     max_attempts_per_minute: Option<Spanned<i64>>,
     coalesce_grace: Option<Spanned<String>>,
+    duo_config_check: Option<DuoConfigCheck>,
 }
 
 #[derive(Deserialize)]
@@ -523,6 +538,7 @@ impl Config {
                 "pam.coalesce_grace",
                 Duration::from_secs(10),
             )?,
+            duo_config_check: raw.pam.duo_config_check.unwrap_or(DuoConfigCheck::Enforce),
         };
         let mut routes: Vec<Route> = Vec::with_capacity(raw.route.len());
         for spanned in &raw.route {
@@ -955,6 +971,20 @@ uris = ["ldap://127.0.0.1:3389"]
         assert!(
             err("[listen]\naddress = \"127.0.0.1:1\"\n[backend]\nuris=[]").contains("at least one")
         );
+    }
+
+    #[test]
+    fn duo_config_check_defaults_to_enforce() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.pam.duo_config_check, DuoConfigCheck::Enforce);
+        let c = Config::parse(
+            &format!("{MINIMAL}[pam]\nduo_config_check = \"warn\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.pam.duo_config_check, DuoConfigCheck::Warn);
+        let e = err(&format!("{MINIMAL}[pam]\nduo_config_check = \"off\"\n"));
+        assert!(e.starts_with("t.toml:8:") && e.contains("enforce"), "{e}");
     }
 
     #[test]

@@ -7,23 +7,26 @@
 //! leads to; what a clear connection would get instead is its own line.
 
 use crate::bind::{self, NotOurs, Plan, Resolved, SimpleBind, Triage};
-use crate::check;
 use crate::config::{Config, IdMap, Insecure, Route};
 use crate::dn::{Dn, DnError};
+use crate::logsafe::Untrusted;
 use crate::lookup::{LookupError, LookupPool};
 use crate::secret::Password;
+use crate::{check, dircheck, duo};
 
 /// `explain` could not decide.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    #[error("'{dn}' is not a DN: {source}")]
+    #[error("'{}' is not a DN: {source}", Untrusted::new(.dn))]
     BadDn {
         dn: String,
         #[source]
         source: DnError,
     },
     #[error(
-        "cannot look up {dn} in the directory: {source} (a bind now would get unavailable (52))"
+        "cannot look up {} in the directory: {} (a bind now would get unavailable (52))",
+        Untrusted::new(.dn),
+        Untrusted::new(&.source.to_string())
     )]
     Lookup {
         dn: String,
@@ -34,13 +37,22 @@ pub enum ExplainError {
     Runtime(#[source] std::io::Error),
 }
 
-/// As [`explain`], on a runtime of its own with a fresh lookup pool (for the CLI).
+/// As [`explain`], on a runtime of its own with a fresh lookup pool (for the CLI). Also
+/// logs a warning when the directory advertises password SASL mechanisms.
 pub fn explain_blocking(config: &Config, dn: &str) -> Result<Vec<String>, ExplainError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ExplainError::Runtime)?
-        .block_on(explain(config, &LookupPool::default(), dn))
+        .block_on(async {
+            let lines = explain(config, &LookupPool::default(), dn).await?;
+            if let Ok(dse) = dircheck::root_dse(config).await {
+                if let Some(warning) = dircheck::sasl_warning(&dse.sasl_mechanisms) {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Ok(lines)
+        })
 }
 
 fn code_name(code: &ldap3_proto::proto::LdapResultCode) -> String {
@@ -63,7 +75,8 @@ pub async fn explain(
     lookup: &LookupPool,
     dn: &str,
 ) -> Result<Vec<String>, ExplainError> {
-    let mut out = vec![format!("dn: {dn}")];
+    // The DN and what the directory returns are shown escaped: they reach a terminal.
+    let mut out = vec![format!("dn: {}", Untrusted::new(dn))];
     let parsed = Dn::parse(dn).map_err(|source| ExplainError::BadDn {
         dn: dn.to_owned(),
         source,
@@ -75,7 +88,10 @@ pub async fn explain(
         );
         return Ok(out);
     }
-    out.push(format!("normalised: {parsed}"));
+    out.push(format!(
+        "normalised: {}",
+        Untrusted::new(&parsed.to_string())
+    ));
     let bind = SimpleBind {
         name: dn.to_owned(),
         spelled: Some(parsed),
@@ -97,7 +113,7 @@ pub async fn explain(
         None => out.push("entry: no such entry (read as the service account)".into()),
         Some(r) => {
             out.push("entry: exists".into());
-            out.push(format!("entry dn: {}", r.entry.dn));
+            out.push(format!("entry dn: {}", Untrusted::new(&r.entry.dn)));
             out.push(format!(
                 "locked: {}",
                 if r.entry.locked {
@@ -210,6 +226,18 @@ fn describe_route(config: &Config, route: &Route, resolved: &Resolved, out: &mut
             check::missing_service_explanation(&route.pam_service, &dirs)
         ),
     });
+    for module in duo::duo_modules(&route.pam_service, &dirs) {
+        out.push(format!(
+            "pam_duo: {}:{} reads {}: {}",
+            module.pam_file.display(),
+            module.line,
+            module.conf.display(),
+            match duo::check_conf(&module.conf) {
+                Ok(()) => "ok (failmode = secure, readable only by its owner)".to_owned(),
+                Err(problem) => format!("PROBLEM: {problem}"),
+            }
+        ));
+    }
     let methods: Vec<String> = route
         .id_map
         .iter()
@@ -217,14 +245,14 @@ fn describe_route(config: &Config, route: &Route, resolved: &Resolved, out: &mut
             IdMap::Rdn => format!(
                 "rdn {} → {}",
                 route.rdn_attr,
-                resolved.dn.rdn_value(&route.rdn_attr).unwrap_or("(none)")
+                Untrusted::new(resolved.dn.rdn_value(&route.rdn_attr).unwrap_or("(none)"))
             ),
             IdMap::Entry => format!(
                 "entry {} → {}",
                 route.id_attr,
-                resolved.entry.first(&route.id_attr).unwrap_or("(none)")
+                Untrusted::new(resolved.entry.first(&route.id_attr).unwrap_or("(none)"))
             ),
-            IdMap::Dn => format!("dn → {}", resolved.entry.dn),
+            IdMap::Dn => format!("dn → {}", Untrusted::new(&resolved.entry.dn)),
         })
         .collect();
     out.push(format!("id_map: {}", methods.join("; ")));
@@ -259,14 +287,18 @@ fn push_plan_end(config: &Config, plan: Plan, out: &mut Vec<String>) {
             err.message
         )),
         Plan::Pam { route, identities } => {
+            let shown: Vec<String> = identities
+                .iter()
+                .map(|i| Untrusted::new(i).to_string())
+                .collect();
             out.push(format!(
                 "pam identities: {} (in order; the next only when PAM answers PAM_USER_UNKNOWN)",
-                identities.join(", ")
+                shown.join(", ")
             ));
             out.push(format!(
                 "decision: PAM authentication with service {} as {}",
                 config.routes[route].pam_service,
-                identities.first().map(String::as_str).unwrap_or_default()
+                shown.first().map(String::as_str).unwrap_or_default()
             ));
         }
     }

@@ -251,7 +251,10 @@ impl Conn {
                     return match r.code {
                         LdapResultCode::Success => Ok(found),
                         LdapResultCode::NoSuchObject => Ok(None),
-                        other => Err(LookupError::Refused(format!("{other:?}: {}", r.message))),
+                        other => Err(LookupError::Refused(format!(
+                            "{other:?}: {}",
+                            crate::logsafe::Untrusted::new(&r.message)
+                        ))),
                     };
                 }
                 _ => {}

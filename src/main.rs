@@ -3,7 +3,8 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ldap_pam_proxy::config::Config;
-use ldap_pam_proxy::{metrics, server};
+use ldap_pam_proxy::dircheck::{self, DirCheckError};
+use ldap_pam_proxy::{duo, metrics, server};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,10 +43,15 @@ enum Command {
     /// Validate a configuration file and exit: 0 when valid, 1 with the errors otherwise.
     ///
     /// Also checks that every route's PAM service file exists (in $PAM_WRAPPER_SERVICE_DIR
-    /// when set, else /etc/pam.d or /usr/lib/pam.d) and warns about readable secrets.
+    /// when PAM_WRAPPER=1, else /etc/pam.d or /usr/lib/pam.d), that pam_duo in those
+    /// services cannot fail open, and warns about readable secrets.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+        /// Also ask the directory: configured suffixes, the service account's rights on
+        /// the attributes the routes need, and password SASL mechanisms it advertises.
+        #[arg(long)]
+        live: bool,
     },
     /// Turn a 389 DS "PAM Pass Through Auth" plugin configuration (LDIF) into routes.
     ///
@@ -74,9 +80,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config, cli.log_format),
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, live } => {
             init_logging(cli.log_format, "warn");
-            check_config(&file)
+            check_config(&file, live)
         }
         Command::Import389 { file } => import_389(&file),
         Command::Explain { config, dn } => {
@@ -94,8 +100,15 @@ fn main() -> ExitCode {
 }
 
 /// `check-config`: warnings and errors on stderr, `FILE: OK` on stdout when valid.
-fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let report = ldap_pam_proxy::check::check_config(file);
+fn check_config(file: &std::path::Path, live: bool) -> anyhow::Result<()> {
+    let mut report = ldap_pam_proxy::check::check_config(file);
+    // The directory is asked only about a configuration that loads.
+    if live && report.ok() {
+        let config = Config::load(file)?;
+        let directory = ldap_pam_proxy::check::check_live(&config);
+        report.errors.extend(directory.errors);
+        report.warnings.extend(directory.warnings);
+    }
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -132,8 +145,11 @@ fn explain(config: &std::path::Path, dn: &str) -> anyhow::Result<()> {
 
 /// Logs to stderr at `level` (an EnvFilter directive), unless RUST_LOG says otherwise.
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // ldap3_proto warns about every response control it cannot decode; the directory
+    // sends one (Get Effective Rights) with each answer to the proxy's rights check.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},ldap3_proto::control=error"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -163,16 +179,29 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
         ldap_pam_proxy::bind::check_suffixes(&config)
             .await
             .map_err(anyhow::Error::msg)?;
+        duo::apply(&config).map_err(anyhow::Error::msg)?;
+        if let Some(w) = ldap_pam_proxy::bind::forward_sasl_warning(&config) {
+            tracing::warn!("{w}");
+        }
+        // A directory that answers with a problem stops the start; one that cannot be
+        // asked does not (the proxy must start while the directory is down).
+        let pending =
+            server::directory_outcome(dircheck::run(&config).await).map_err(anyhow::Error::msg)?;
         let listeners = server::bind(&config).await?;
         let shared = Arc::new(
             server::Shared::new(config, path.to_owned()).context("cannot start the proxy")?,
         );
+        shared
+            .health
+            .set_directory(server::config_id(&shared.config()), pending);
         // Handlers go in before the proxy says it listens, so a signal sent from then on
         // is never the default action (SIGHUP would end the process).
         let signals = Signals::install().context("cannot install signal handlers")?;
+        let metrics_on = shared.config().metrics_listen.is_some();
         if let Some(addr) = shared.config().metrics_listen {
             start_metrics(addr, &shared).await?;
         }
+        tokio::spawn(watch_directory(Arc::clone(&shared), metrics_on));
         let shutdown = CancellationToken::new();
         let local = listeners
             .plain_addr()
@@ -198,27 +227,52 @@ async fn start_metrics(addr: SocketAddr, shared: &Arc<server::Shared>) -> anyhow
         .local_addr()
         .context("metrics socket has no address")?;
     let handle = metrics::install().map_err(anyhow::Error::msg)?;
-    let health = Arc::new(metrics::Health::default());
-    tokio::spawn(watch_backend(Arc::clone(shared), Arc::clone(&health)));
     let pool = Arc::clone(shared);
     tokio::spawn(metrics::serve(
         listener,
         handle,
         move || pool.pam.pool().stats(),
-        health,
+        Arc::clone(&shared.health),
     ));
     tracing::info!(metrics = %bound, "metrics listening");
     Ok(())
 }
 
-/// Checks every few seconds that a backend accepts connections, for `/readyz` and the
-/// `ldap_pam_proxy_backend_up` gauge.
-async fn watch_backend(shared: Arc<server::Shared>, health: Arc<metrics::Health>) {
+/// Every few seconds: with metrics served (`probe`), whether a backend accepts
+/// connections, for `/readyz` and the `ldap_pam_proxy_backend_up` gauge; and while the
+/// directory checks of the configuration in force have not passed, those checks again.
+async fn watch_directory(shared: Arc<server::Shared>, probe: bool) {
     loop {
-        let up = ldap_pam_proxy::backend::connect(&shared.config().backend)
-            .await
-            .is_ok();
-        health.set_backend_up(up);
+        if probe {
+            let up = ldap_pam_proxy::backend::connect(&shared.config().backend)
+                .await
+                .is_ok();
+            shared.health.set_backend_up(up);
+        }
+        if shared.health.directory_problem().is_some() {
+            let config = shared.config();
+            let id = server::config_id(&config);
+            match dircheck::run(&config).await {
+                Ok(warnings) => {
+                    if shared.health.update_directory(id, None) {
+                        for w in warnings {
+                            tracing::warn!("{w}");
+                        }
+                        tracing::info!("directory checks passed");
+                    }
+                }
+                Err(DirCheckError::Unreachable(why)) => {
+                    shared.health.update_directory(id, Some(why));
+                }
+                Err(DirCheckError::Failed(why)) => {
+                    if shared.health.update_directory(id, Some(why.clone())) {
+                        tracing::error!(
+                            "directory checks failed: {why}; not ready until they pass (checked again every 5 s)"
+                        );
+                    }
+                }
+            }
+        }
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     }
 }

@@ -1,6 +1,6 @@
 //! Metrics in Prometheus text format, and the health endpoints, on `[metrics] listen`:
-//! `/metrics`, `/healthz` (the process answers) and `/readyz` (a backend answers and the
-//! PAM queue has room).
+//! `/metrics`, `/healthz` (the process answers) and `/readyz` (a backend answers, the
+//! directory checks of the configuration in force have passed, and the PAM queue has room).
 //!
 //! Labels have bounded cardinality: route and service names from the configuration,
 //! result codes, operation types; never a DN or user name.
@@ -10,7 +10,7 @@ use crate::pam_pool::PoolStats;
 use metrics::{counter, gauge, histogram, Counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -154,16 +154,62 @@ pub fn reload(result: &'static str) {
 #[derive(Default)]
 pub struct Health {
     backend_up: AtomicBool,
+    directory: Mutex<DirectoryChecks>,
+}
+
+/// The directory checks ([`crate::dircheck`]) of one configuration.
+#[derive(Default)]
+struct DirectoryChecks {
+    /// Which configuration they are about (see [`Health::set_directory`]).
+    config: usize,
+    /// Why they have not passed; `None` once they have.
+    problem: Option<String>,
 }
 
 impl Health {
+    /// Records whether a backend accepts connections.
     pub fn set_backend_up(&self, up: bool) {
         self.backend_up.store(up, Relaxed);
         gauge!("ldap_pam_proxy_backend_up").set(if up { 1.0 } else { 0.0 });
     }
 
+    /// Whether a backend accepted the last connection attempt.
     pub fn backend_up(&self) -> bool {
         self.backend_up.load(Relaxed)
+    }
+
+    /// Puts in force the directory checks' outcome for the configuration identified by
+    /// `config` (any value unique to it while it is in force, e.g. its address):
+    /// `problem` is why they have not passed, `None` when they have.
+    pub fn set_directory(&self, config: usize, problem: Option<String>) {
+        let mut d = self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *d = DirectoryChecks { config, problem };
+    }
+
+    /// As [`Health::set_directory`], unless another configuration came into force since
+    /// the check began (a reload ran its own). Returns whether the outcome changed.
+    pub fn update_directory(&self, config: usize, problem: Option<String>) -> bool {
+        let mut d = self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if d.config != config || d.problem == problem {
+            return false;
+        }
+        d.problem = problem;
+        true
+    }
+
+    /// Why the directory checks of the configuration in force have not passed.
+    pub fn directory_problem(&self) -> Option<String> {
+        self.directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .problem
+            .clone()
     }
 }
 
@@ -224,12 +270,21 @@ async fn answer(
         "/healthz" => ("200 OK", "ok\n".to_owned()),
         "/readyz" => {
             let s = stats();
+            // Every reason, one per line: the first may hide the next.
+            let mut reasons = String::new();
             if !health.backend_up() {
-                ("503 Service Unavailable", "no backend answers\n".to_owned())
-            } else if s.queued >= s.queue_capacity {
-                ("503 Service Unavailable", "PAM queue full\n".to_owned())
-            } else {
+                reasons.push_str("no backend answers\n");
+            }
+            if let Some(problem) = health.directory_problem() {
+                reasons.push_str(&format!("directory checks have not passed: {problem}\n"));
+            }
+            if s.queued >= s.queue_capacity {
+                reasons.push_str("PAM queue full\n");
+            }
+            if reasons.is_empty() {
                 ("200 OK", "ready\n".to_owned())
+            } else {
+                ("503 Service Unavailable", reasons)
             }
         }
         _ => ("404 Not Found", "not found\n".to_owned()),

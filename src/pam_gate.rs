@@ -743,6 +743,7 @@ mod tests {
             queue: 4,
             max_attempts_per_minute,
             coalesce_grace: grace,
+            duo_config_check: crate::config::DuoConfigCheck::Enforce,
         }
     }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use pam_client::{Context, ConversationHandler, ErrorCode, Flag};
 use tokio::sync::oneshot;
 
+use crate::logsafe::Untrusted;
 use crate::secret::{Password, SecretCString};
 
 /// Deadlines longer than this are clamped, so that `Instant + deadline`
@@ -526,7 +527,7 @@ fn run_transaction(req: &PamRequest, shared: &Shared) -> PamOutcome {
     let outcome = transaction(req, shared);
     tracing::debug!(
         service = req.service,
-        identity = req.identity,
+        identity = %Untrusted::new(&req.identity),
         ?outcome,
         elapsed_ms = started.elapsed().as_millis(),
         "PAM transaction ended"
@@ -545,7 +546,7 @@ fn transaction(req: &PamRequest, shared: &Shared) -> PamOutcome {
         Err(_) => {
             tracing::debug!(
                 service,
-                identity = req.identity,
+                identity = %Untrusted::new(&req.identity),
                 "password contains a NUL byte; PAM not called"
             );
             return PamOutcome::CredentialsError;
@@ -595,18 +596,22 @@ fn failure(req: &PamRequest, phase: Phase, code: ErrorCode, message: Option<&str
     };
     tracing::debug!(
         service = req.service,
-        identity = req.identity,
+        identity = %Untrusted::new(&req.identity),
         %phase,
         ?code,
-        pam_error = message.unwrap_or(""),
+        pam_error = %Untrusted::new(message.unwrap_or("")),
         "PAM refused"
     );
     outcome
 }
 
 fn unavailable(service: &str, phase: Phase, code: ErrorCode, message: Option<&str>) -> PamOutcome {
+    // The module's text goes to the log and the client's diagnostic message: as data.
     let reason = match message {
-        Some(text) => format!("PAM service \"{service}\": {phase} failed: {text} ({code:?})"),
+        Some(text) => format!(
+            "PAM service \"{service}\": {phase} failed: {} ({code:?})",
+            Untrusted::new(text)
+        ),
         None => format!("PAM service \"{service}\": {phase} failed ({code:?})"),
     };
     tracing::warn!(%reason, "PAM unavailable");
@@ -676,8 +681,8 @@ impl BindConversation {
     fn log_prompt(&self, kind: &str, prompt: &CStr, answer: &str) {
         tracing::debug!(
             service = self.service,
-            identity = self.identity_text,
-            prompt = %prompt.to_string_lossy(),
+            identity = %Untrusted::new(&self.identity_text),
+            prompt = %Untrusted::new(prompt.to_bytes()),
             "PAM {kind} prompt answered with the {answer}"
         );
     }
@@ -735,8 +740,8 @@ impl ConversationHandler for BindConversation {
     fn text_info(&mut self, msg: &CStr) {
         tracing::debug!(
             service = self.service,
-            identity = self.identity_text,
-            text = %msg.to_string_lossy(),
+            identity = %Untrusted::new(&self.identity_text),
+            text = %Untrusted::new(msg.to_bytes()),
             "PAM info"
         );
     }
@@ -744,8 +749,8 @@ impl ConversationHandler for BindConversation {
     fn error_msg(&mut self, msg: &CStr) {
         tracing::debug!(
             service = self.service,
-            identity = self.identity_text,
-            text = %msg.to_string_lossy(),
+            identity = %Untrusted::new(&self.identity_text),
+            text = %Untrusted::new(msg.to_bytes()),
             "PAM error message"
         );
     }

@@ -2,13 +2,14 @@
 //! for each, reload on SIGHUP, and shut down gracefully.
 
 use crate::config::Config;
+use crate::dircheck::{self, DirCheckError};
 use crate::lookup::LookupPool;
 use crate::pam_gate::PamGate;
 use crate::pam_pool::PamPool;
 use crate::proto::{self, LdapError};
 use crate::session::Session;
 use crate::tls::ServerTls;
-use crate::{backend, bind, metrics, tls};
+use crate::{backend, bind, duo, metrics, tls};
 use ldap3_proto::proto::LdapResultCode;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ pub struct Shared {
     pub pam: PamGate,
     /// The server certificate for LDAPS and StartTLS; `None` without `[tls]`.
     pub tls: Option<ServerTls>,
+    /// What `/readyz` reports: backend reachability and the directory checks.
+    pub health: Arc<metrics::Health>,
 }
 
 impl Shared {
@@ -52,12 +55,43 @@ impl Shared {
             lookup: LookupPool::default(),
             pam,
             tls,
+            health: Arc::default(),
         })
     }
 
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Identifies a configuration while it is in force (for [`metrics::Health`]): its address,
+/// which no other configuration can have while this one is alive.
+pub fn config_id(config: &Arc<Config>) -> usize {
+    Arc::as_ptr(config) as usize
+}
+
+/// What a [`dircheck::run`] result means for a configuration about to go into force (at
+/// start or on reload): `Ok(None)` ready, `Ok(Some(why))` in force but not ready (the
+/// directory could not be asked), `Err` refused (the directory answered with a problem).
+/// Warnings are logged.
+pub fn directory_outcome(
+    result: Result<Vec<String>, DirCheckError>,
+) -> Result<Option<String>, String> {
+    match result {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(None)
+        }
+        Err(DirCheckError::Unreachable(why)) => {
+            tracing::warn!(
+                "directory checks could not run: {why}; not ready (/readyz) until they pass"
+            );
+            Ok(Some(why))
+        }
+        Err(DirCheckError::Failed(why)) => Err(why),
     }
 }
 
@@ -98,7 +132,10 @@ pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
 /// SIGHUP: reads the configuration file again and, if it is valid, puts its routes, bind
 /// rules, PAM guard settings and TLS certificate in force at once; sessions take the new
 /// routes from their next bind. A file that does not load (or a certificate that does
-/// not) is refused whole, logged and counted, and the running configuration stays.
+/// not, or a route whose pam_duo would fail open, or service account rights the
+/// directory says are missing) is refused whole, logged and counted, and the running
+/// configuration stays. When the directory cannot be asked, the new configuration goes
+/// into force and the proxy reports not ready until its directory checks pass.
 /// Returns whether the new configuration is in force.
 pub async fn reload(shared: &Shared) -> bool {
     let refuse = |why: String| {
@@ -113,6 +150,13 @@ pub async fn reload(shared: &Shared) -> bool {
     if let Err(e) = bind::check_suffixes(&new).await {
         return refuse(e);
     }
+    if let Err(e) = duo::apply(&new) {
+        return refuse(e);
+    }
+    let pending = match directory_outcome(dircheck::run(&new).await) {
+        Ok(pending) => pending,
+        Err(e) => return refuse(e),
+    };
     let tls = match (&shared.tls, &new.tls) {
         (Some(_), Some(t)) => match tls::server_config(t) {
             Ok(c) => Some(c),
@@ -130,10 +174,12 @@ pub async fn reload(shared: &Shared) -> bool {
     }
     shared.pam.reconfigure(&new.pam, &new.routes);
     let routes = new.routes.len();
+    let new = Arc::new(new);
+    shared.health.set_directory(config_id(&new), pending);
     *shared
         .config
         .write()
-        .unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+        .unwrap_or_else(PoisonError::into_inner) = new;
     metrics::reload("ok");
     tracing::info!(routes, "configuration reloaded");
     true

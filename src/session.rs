@@ -17,6 +17,7 @@ use crate::bind_request;
 use crate::config::{Config, Identity};
 use crate::dn::Dn;
 use crate::frame::{self, op, Envelope, FrameError};
+use crate::logsafe::Untrusted;
 use crate::message;
 use crate::metrics;
 use crate::proto::{self, LdapError};
@@ -98,6 +99,7 @@ enum AtBoundary {
 /// A bind the directory decides; the proxy only reports it.
 struct ForwardedBind {
     msgid: i32,
+    /// Escaped for the log.
     dn: String,
     reason: &'static str,
     /// The attempt budget a failure is charged to, for a bind in the proxy's scope.
@@ -110,7 +112,7 @@ struct PendingBind {
     msgid: i32,
     /// The proxy's own encoding of the request, relayed if the decision is to forward it.
     request: zeroize::Zeroizing<Vec<u8>>,
-    /// The bind DN as the client spelled it.
+    /// The bind DN as the client spelled it, escaped for the log.
     dn: String,
     wants_authz_id: bool,
     wants_ppolicy: bool,
@@ -547,7 +549,8 @@ impl Session {
         };
         self.config = self.shared.config();
         let config = Arc::clone(&self.config);
-        let dn = String::from_utf8_lossy(request.name).into_owned();
+        // Only ever logged: escaped once, here (DESIGN §7, logs are data).
+        let dn = Untrusted::new(request.name).to_string();
         let (deciding, wants_authz_id, wants_ppolicy): (Deciding, _, _) =
             match bind::first_look(&config, &request, self.tls) {
                 FirstLook::Forward { reason, mechanism } => {
@@ -1178,15 +1181,17 @@ fn log_bind(
 ) {
     let route = trail.route.as_deref().unwrap_or("-");
     metrics::bind_decided(route, &format!("{code:?}"), started.elapsed().as_secs_f64());
+    // The DN comes escaped; what the directory and PAM said is escaped here.
     tracing::info!(
         client = %peer,
-        dn,
+        dn = %dn,
+        entry = %Untrusted::new(trail.entry.as_deref().unwrap_or("-")),
         route,
         service = trail.service.as_deref().unwrap_or("-"),
         result = ?code,
         ms = started.elapsed().as_millis() as u64,
         abandoned,
-        detail = trail.detail.as_deref().unwrap_or(""),
+        detail = %Untrusted::new(trail.detail.as_deref().unwrap_or("")),
         "bind"
     );
 }

@@ -466,22 +466,28 @@ fn binary_check_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), GOOD_ROUTES);
     let pam = pam_dir(dir.path(), &["curc-twofactor-duo", "csu"]);
+    let wrapper = [
+        ("PAM_WRAPPER", Path::new("1")),
+        ("PAM_WRAPPER_SERVICE_DIR", &pam),
+    ];
+    let out = run(&["check-config", path.to_str().unwrap()], &wrapper);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("OK"), "{out:?}");
+    // pam_wrapper reads $PAM_WRAPPER_SERVICE_DIR only when PAM_WRAPPER=1; so does
+    // check-config, which then looks in /etc/pam.d, where these services are not.
     let out = run(
         &["check-config", path.to_str().unwrap()],
         &[("PAM_WRAPPER_SERVICE_DIR", &pam)],
     );
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("OK"), "{out:?}");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("/etc/pam.d"), "{out:?}");
 
     std::fs::remove_file(pam.join("csu")).unwrap();
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("(homeDirectory=/home/*@*)", "(homeDirectory=/home/*@*");
     std::fs::write(&path, text).unwrap();
-    let out = run(
-        &["check-config", path.to_str().unwrap()],
-        &[("PAM_WRAPPER_SERVICE_DIR", &pam)],
-    );
+    let out = run(&["check-config", path.to_str().unwrap()], &wrapper);
     assert_eq!(out.code, 1, "{out:?}");
     let p = path.display().to_string();
     assert!(out.stderr.contains(&format!("{p}:16:")), "{out:?}"); // filter
@@ -527,4 +533,172 @@ fn binary_explain() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("(root DN)"), "{out:?}");
+}
+
+/// `mode` on a new file `path` holding `text`.
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn check_config_finds_pam_duo_that_would_fail_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let pam = pam_dir(dir.path(), &["csu"]);
+    let conf = dir.path().join("pam_duo.conf");
+    // The service includes the file that runs pam_duo, as Debian's common-auth would.
+    std::fs::write(
+        pam.join("curc-twofactor-duo"),
+        "auth requisite pam_unix.so\n@include duo-common\naccount required pam_permit.so\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pam.join("duo-common"),
+        format!(
+            "auth [success=1 default=ignore] pam_duo.so conf={}\n",
+            conf.display()
+        ),
+    )
+    .unwrap();
+    let path = write_config(dir.path(), GOOD_ROUTES);
+    let p = path.display().to_string();
+
+    write_mode(&conf, "[duo]\nfailmode = secure\nikey = i\n", 0o600);
+    let report = check(&path, &pam);
+    assert!(report.ok(), "{report:?}");
+
+    write_mode(&conf, "[duo]\nikey = i\nfailmode = safe\n", 0o644);
+    let report = check(&path, &pam);
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    let e = &report.errors[0];
+    // The line of the route's pam_service, the route, the service, the file, the problem.
+    let prefix = format!("{p}:12:");
+    let file = conf.display().to_string();
+    for part in [
+        prefix.as_str(),
+        "route 'duo'",
+        "PAM service 'curc-twofactor-duo'",
+        file.as_str(),
+        "mode 0644",
+    ] {
+        assert!(e.contains(part), "no '{part}' in {e}");
+    }
+
+    write_mode(&conf, "[duo]\nikey = i\nfailmode = safe\n", 0o600);
+    let report = check(&path, &pam);
+    assert!(report.errors[0].contains("failmode = safe"), "{report:?}");
+
+    // pam.duo_config_check = "warn": a warning instead.
+    let path = write_config(
+        dir.path(),
+        &format!("[pam]\nduo_config_check = \"warn\"\n\n{GOOD_ROUTES}"),
+    );
+    let report = check(&path, &pam);
+    assert!(report.ok(), "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("failmode = safe")),
+        "{report:?}"
+    );
+}
+
+/// A configuration in front of the test directory, with `routes`.
+fn live_config(dir: &Path, uri: &str, routes: &str) -> PathBuf {
+    let ds = directory();
+    let path = dir.join("live.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:1389\"\n\n[backend]\nuris = [\"{uri}\"]\nconnect_timeout = \"2s\"\nservice_dn = \"{}\"\nservice_password_file = \"{}\"\n\n{routes}",
+            ds.service_dn,
+            ds.service_pw_file.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn binary_check_config_live_asks_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let pam = pam_dir(dir.path(), &["curc-twofactor-duo", "csu"]);
+    let wrapper = [
+        ("PAM_WRAPPER", Path::new("1")),
+        ("PAM_WRAPPER_SERVICE_DIR", &pam),
+    ];
+    let path = live_config(dir.path(), &directory().uri, GOOD_ROUTES);
+    let out = run(
+        &["check-config", "--live", path.to_str().unwrap()],
+        &wrapper,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("OK"), "{out:?}");
+    // The test directory has 389's default SASL mechanisms.
+    assert!(
+        out.stderr.contains("PLAIN")
+            && out
+                .stderr
+                .contains("nsslapd-allowed-sasl-mechanisms=\"EXTERNAL GSSAPI\""),
+        "{out:?}"
+    );
+
+    // A directory that cannot be asked is an error for --live only.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = live_config(dir.path(), &format!("ldap://{dead}"), GOOD_ROUTES);
+    let out = run(
+        &["check-config", "--live", path.to_str().unwrap()],
+        &wrapper,
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("cannot check the directory"), "{out:?}");
+    let out = run(&["check-config", path.to_str().unwrap()], &wrapper);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn binary_explain_warns_about_password_sasl_mechanisms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = live_config(dir.path(), &directory().uri, GOOD_ROUTES);
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            path.to_str().unwrap(),
+            &user("alice"),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("WARN") && out.stderr.contains("SCRAM-SHA-256"),
+        "{out:?}"
+    );
+}
+
+/// What the directory returns is shown escaped: a DN with a newline and an ESC byte
+/// cannot write a line of its own, or control the terminal.
+#[test]
+fn explain_escapes_what_it_prints() {
+    let config = example_config();
+    let dn = "uid=x\u{1b}[2J\ndecision: forged,ou=People,dc=example,dc=com";
+    let text = match explain_blocking(&config, dn) {
+        Ok(lines) => {
+            assert!(
+                lines[0].contains("\\x1b[2J\\ndecision: forged"),
+                "{lines:?}"
+            );
+            lines.join("\n")
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("decision: forged")),
+        "{text}"
+    );
 }

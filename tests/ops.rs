@@ -198,3 +198,229 @@ fn passwords_never_reach_the_logs() {
         );
     }
 }
+
+/// A pam_duo service "mfa" in `pam`'s service directory reading `conf`, and a route to it.
+/// pam_duo.so itself is never loaded here: the check reads text files only.
+fn mfa_route(pam: &PamSetup, conf: &std::path::Path) -> String {
+    std::fs::write(
+        pam.services().join("mfa"),
+        format!(
+            "auth requisite /usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so passdb={}\n\
+             auth [success=done default=die] pam_duo.so conf={}\n\
+             account required pam_permit.so\n",
+            pam.state().join("passdb").display(),
+            conf.display()
+        ),
+    )
+    .unwrap();
+    "[[route]]\nname = \"internal\"\nfilter = \"(objectClass=posixAccount)\"\npam_service = \"mfa\"\nsecure = false\n".to_owned()
+}
+
+fn write_mode(path: &std::path::Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A pam_duo configuration that would let users in on the password alone (readable by
+/// others, or without failmode = secure) stops the start, naming route, service, file
+/// and problem; `duo_config_check = "warn"` only warns; a good one starts, and a reload
+/// that would break it is refused.
+#[test]
+fn pam_duo_that_would_fail_open_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("pam_duo.conf");
+    let good = "[duo]\nfailmode = secure\nikey = i\nskey = s\nhost = api.example\nautopush = yes\n";
+    let cases = [
+        (good, 0o644, Some("mode 0644")),
+        (
+            "[duo]\nikey = i\nskey = s\nhost = api.example\n",
+            0o600,
+            Some("failmode = secure"),
+        ),
+        (
+            "[duo]\nhost = h\nfailmode = safe\n",
+            0o600,
+            Some("failmode = safe"),
+        ),
+        (good, 0o600, None),
+    ];
+    for (text, mode, problem) in cases {
+        write_mode(&conf, text, mode);
+        let pam = PamSetup::new(PASSDB);
+        let route = mfa_route(&pam, &conf);
+        match (Proxy::try_with_pam(&pam, &route), problem) {
+            (Err(log), Some(problem)) => {
+                for part in [
+                    "route 'internal'",
+                    "PAM service 'mfa'",
+                    &conf.display().to_string(),
+                    problem,
+                ] {
+                    assert!(log.contains(part), "no '{part}' in:\n{log}");
+                }
+            }
+            (Ok(_), None) => {}
+            (Ok(p), Some(problem)) => panic!("started despite {problem}:\n{}", p.log()),
+            (Err(log), None) => panic!("did not start with a good pam_duo.conf:\n{log}"),
+        }
+    }
+
+    // "warn": the same problem is a warning.
+    write_mode(&conf, good, 0o640);
+    let pam = PamSetup::new(PASSDB);
+    let route = mfa_route(&pam, &conf);
+    let proxy = Proxy::with_pam(
+        &pam,
+        &format!("[pam]\nduo_config_check = \"warn\"\n{route}"),
+    );
+    assert!(
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("mode 0640")),
+        "{}",
+        proxy.log()
+    );
+    drop(proxy);
+
+    // A running proxy refuses a reload that would make pam_duo fail open.
+    write_mode(&conf, good, 0o600);
+    let proxy = Proxy::with_pam(&pam, &route);
+    write_mode(&conf, good, 0o604);
+    proxy.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("reload refused") && l.contains("mode 0604"))),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// Removes a subtree of the test directory when dropped (as Directory Manager).
+struct Subtree(String);
+
+impl Subtree {
+    /// `ou=<name>,<suffix>` with `aci` (if any) and one internal user `uid=<uid>`.
+    fn create(name: &str, aci: Option<&str>, uid: &str) -> Subtree {
+        let ds = directory();
+        let base = format!("ou={name},{}", ds.suffix);
+        let aci = aci.map(|a| format!("aci: {a}\n")).unwrap_or_default();
+        let ldif = format!(
+            "dn: {base}\nobjectClass: top\nobjectClass: organizationalUnit\nou: {name}\n{aci}\n\
+             dn: uid={uid},{base}\nobjectClass: top\nobjectClass: person\nobjectClass: organizationalPerson\n\
+             objectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
+             uidNumber: 60001\ngidNumber: 10000\nhomeDirectory: /home/{uid}\n"
+        );
+        let mut args = as_root();
+        args.push("-a".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ldap_tool_input("ldapmodify", &ds.uri, &args, Some(&ldif));
+        assert_eq!(out.code, 0, "{out:?}");
+        Subtree(base)
+    }
+}
+
+impl Drop for Subtree {
+    fn drop(&mut self) {
+        let mut args = as_root();
+        args.extend(["-r".to_owned(), self.0.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
+    }
+}
+
+/// The service account's rights on the attributes a route filter uses are checked at
+/// start: without read/search on homeDirectory in the route's scope (a deny ACI on a
+/// throwaway subtree, so tests running beside this one are not affected), the proxy
+/// refuses to start, naming the attribute and the route; with them, it starts.
+#[test]
+fn missing_rights_on_a_filter_attribute_stop_the_start() {
+    let ds = directory();
+    let route = |base: &str| {
+        format!(
+            "[[route]]\nname = \"rights\"\nfilter = \"(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))\"\n\
+             pam_service = \"duo\"\nsecure = false\ninclude_suffixes = [\"{base}\"]\n"
+        )
+    };
+    let deny = format!(
+        "(targetattr = \"homeDirectory\")(version 3.0; acl \"rights test: no homeDirectory\"; deny (read, search, compare) userdn = \"ldap:///{}\";)",
+        ds.service_dn
+    );
+    let denied = Subtree::create(&unique("RightsTest"), Some(&deny), "rt-denied");
+    let pam = PamSetup::new(PASSDB);
+    match Proxy::try_with_pam(&pam, &route(&denied.0)) {
+        Ok(p) => panic!("started without rights on homeDirectory:\n{}", p.log()),
+        Err(log) => {
+            for part in ["route 'rights'", "homeDirectory", "uid=rt-denied"] {
+                assert!(log.contains(part), "no '{part}' in:\n{log}");
+            }
+        }
+    }
+    let allowed = Subtree::create(&unique("RightsTest"), None, "rt-allowed");
+    let proxy = Proxy::with_pam(&pam, &route(&allowed.0));
+    assert!(
+        !proxy.log().contains("cannot read and search"),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// A proxy whose directory is down at start still starts, but is not ready until its
+/// directory checks have passed; once the directory answers, they pass on their own.
+#[test]
+fn directory_checks_wait_for_a_directory_that_is_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ds = directory();
+    let proxy = Proxy::start_config(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[backend]\nuris = [\"ldap://127.0.0.1:{port}\"]\nconnect_timeout = \"2s\"\n\
+         service_dn = \"{}\"\nservice_password_file = \"{}\"\n\n{}",
+        ds.service_dn,
+        ds.service_pw_file.display(),
+        duo_route("")
+    ));
+    let (status, body) = proxy.http_get("/readyz");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert!(body.contains("directory checks have not passed"), "{body}");
+
+    // The directory "comes up": a relay to the real one on the configured port.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let target = format!("127.0.0.1:{}", ds.port);
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(40), || proxy.http_get("/readyz").0
+            == "HTTP/1.1 200 OK"),
+        "{:?}\n{}",
+        proxy.http_get("/readyz"),
+        proxy.log()
+    );
+    assert!(
+        proxy.log().contains("directory checks passed"),
+        "{}",
+        proxy.log()
+    );
+}

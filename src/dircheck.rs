@@ -47,7 +47,6 @@ pub const SAMPLE: i32 = 50;
 /// One request the directory does not answer in this time counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// Why the directory checks did not pass.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirCheckError {

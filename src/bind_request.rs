@@ -8,6 +8,7 @@
 
 use crate::ber::{self, Reader};
 use crate::frame::{op, FrameError};
+use crate::message::{self, Control};
 use zeroize::Zeroizing;
 
 /// How a bind authenticates.
@@ -34,14 +35,6 @@ impl std::fmt::Debug for Credentials<'_> {
     }
 }
 
-/// One control of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Control<'a> {
-    pub oid: &'a str,
-    pub critical: bool,
-    pub value: Option<&'a [u8]>,
-}
-
 /// A BindRequest as the proxy read it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BindRequest<'a> {
@@ -65,11 +58,9 @@ pub fn parse(msg: &[u8]) -> Result<BindRequest<'_>, FrameError> {
         .filter(|id| *id >= 0)
         .ok_or(FrameError::Malformed("bad messageID"))?;
     let mut req = Reader::new(body.expect(op::BIND_REQUEST)?);
-    let controls = match body.optional(0xa0)? {
-        Some(c) => controls(c)?,
-        None => Vec::new(),
-    };
+    body.optional(0xa0)?;
     body.end()?;
+    let controls = message::controls(msg)?;
 
     let version = ber::integer(req.expect(0x02)?)?;
     let name = req.expect(0x04)?;
@@ -96,51 +87,6 @@ pub fn parse(msg: &[u8]) -> Result<BindRequest<'_>, FrameError> {
         credentials,
         controls,
     })
-}
-
-/// Reads a `Controls` element's content strictly: every control is
-/// `SEQUENCE { controlType LDAPOID, criticality BOOLEAN OPTIONAL, controlValue OCTET STRING OPTIONAL }`
-/// with a numeric OID.
-fn controls(content: &[u8]) -> Result<Vec<Control<'_>>, FrameError> {
-    let mut list = Reader::new(content);
-    let mut out = Vec::new();
-    while !list.is_empty() {
-        let mut c = Reader::new(list.expect(0x30)?);
-        let oid = c.expect(0x04)?;
-        if !is_numeric_oid(oid) {
-            return Err(FrameError::Malformed("control type is not a numeric OID"));
-        }
-        let critical = match c.optional(0x01)? {
-            Some(b) => ber::boolean(b)?,
-            None => false,
-        };
-        let value = c.optional(0x04)?;
-        c.end()?;
-        out.push(Control {
-            // Checked above: digits and dots only.
-            oid: std::str::from_utf8(oid).map_err(|_| FrameError::Malformed("bad OID"))?,
-            critical,
-            value,
-        });
-    }
-    Ok(out)
-}
-
-/// RFC 4512 `numericoid`: `number 1*( DOT number )`, no leading zeros.
-pub fn is_numeric_oid(oid: &[u8]) -> bool {
-    let mut arcs = 0;
-    for arc in oid.split(|b| *b == b'.') {
-        let well_formed = match arc {
-            [] => false,
-            [b'0'] => true,
-            [first, ..] => *first != b'0' && arc.iter().all(u8::is_ascii_digit),
-        };
-        if !well_formed {
-            return false;
-        }
-        arcs += 1;
-    }
-    arcs >= 2
 }
 
 impl BindRequest<'_> {
@@ -339,18 +285,6 @@ mod tests {
             ctl(b"1.2", &[0x01, 0x02, 0x00, 0xff]),       // two-octet BOOLEAN
         ] {
             assert!(parse(&bad).is_err(), "{bad:02x?}");
-        }
-    }
-
-    #[test]
-    fn numeric_oids() {
-        for ok in ["1.2", "0.9.2342", "2.16.840.1.113730.3.4.18"] {
-            assert!(is_numeric_oid(ok.as_bytes()), "{ok}");
-        }
-        for bad in [
-            "", "1", "1.", ".1", "1..2", "01.2", "1.02", "1.2\0", "1.2 ", "a.b", "1.2.x",
-        ] {
-            assert!(!is_numeric_oid(bad.as_bytes()), "{bad:?}");
         }
     }
 

@@ -2,8 +2,9 @@
 //! through PAM, choosing the PAM service per user by ordered LDAP filters.
 //!
 //! A request flows top to bottom through these modules: [`server`] accepts a client,
-//! [`session`] reads whole messages ([`frame`]) and relays them to the session's
-//! [`backend`] connection, and [`proto`] builds the answers the proxy gives itself.
+//! [`session`] reads whole messages ([`frame`], [`message`]) and relays them to the
+//! session's [`backend`] connection ([`policy`] decides what a PAM-bound user's requests
+//! become), and [`proto`] builds the answers the proxy gives itself.
 
 pub mod backend;
 pub mod ber;
@@ -24,6 +25,7 @@ pub mod message;
 pub mod metrics;
 pub mod pam_gate;
 pub mod pam_pool;
+pub mod policy;
 pub mod proto;
 pub mod secret;
 pub mod server;

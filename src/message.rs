@@ -2,8 +2,14 @@
 //! session needs about a request (its controls, a search base, an extended operation's
 //! OID) and adding the Proxied Authorization control, without decoding the rest, so
 //! everything the proxy does not touch stays byte for byte as the client sent it.
+//!
+//! What the proxy does read, it reads strictly (DESIGN §7): 389 decodes requests with
+//! liblber, which accepts more spellings than this module (OIDs under any tag and as C
+//! strings, so `OID\0` is `OID`; extra elements inside a control read as further
+//! controls). Whatever this module cannot read exactly is an error, so the session
+//! refuses it instead of relaying something the directory would read differently.
 
-use crate::frame::FrameError;
+use crate::frame::{op, Envelope, FrameError};
 
 /// One BER element: its tag byte and content.
 #[derive(Debug, Clone, Copy)]
@@ -86,33 +92,148 @@ fn parts(msg: &[u8]) -> Result<Parts<'_>, FrameError> {
     })
 }
 
-/// The OIDs of the controls a message carries.
-pub fn control_oids(msg: &[u8]) -> Result<Vec<&[u8]>, FrameError> {
-    let mut oids = Vec::new();
-    let Some(mut rest) = parts(msg)?.controls else {
-        return Ok(oids);
-    };
-    while !rest.is_empty() {
-        let control = tlv(rest)?;
-        let oid = tlv(control.content)?;
-        if oid.tag != 0x04 {
-            return Err(MALFORMED);
+/// Whether `oid` is an RFC 4512 `numericoid`: at least two arcs of decimal digits
+/// separated by single dots, without leading zeros (`0` itself is an arc). Nothing
+/// else: no NUL, space, sign, letter or empty arc, so that the proxy and the directory,
+/// which reads OIDs as C strings, can only ever mean the same OID, and comparing the
+/// bytes compares the OIDs.
+pub fn is_numeric_oid(oid: &[u8]) -> bool {
+    let mut arcs = 0;
+    for arc in oid.split(|b| *b == b'.') {
+        let ok = match arc {
+            [] => false,
+            [b'0'] => true,
+            [b'0', ..] => false,
+            _ => arc.iter().all(u8::is_ascii_digit),
+        };
+        if !ok {
+            return false;
         }
-        oids.push(oid.content);
-        rest = &rest[control.len..];
+        arcs += 1;
     }
-    Ok(oids)
+    arcs >= 2
 }
 
-/// `msg` with `control` (a complete DER Control) appended to its controls.
+/// One control of a request (RFC 4511 §4.1.11), as read by [`controls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control<'a> {
+    /// The controlType: always a well-formed numeric OID.
+    pub oid: &'a str,
+    pub critical: bool,
+    pub value: Option<&'a [u8]>,
+}
+
+const BAD_CONTROL: FrameError =
+    FrameError::Malformed("control is not SEQUENCE { LDAPOID, BOOLEAN, OCTET STRING }");
+const BAD_CONTROL_OID: FrameError = FrameError::Malformed("control type is not a numeric OID");
+const BAD_EXTENDED: FrameError =
+    FrameError::Malformed("extended request name is not a numeric OID");
+
+/// Reads one Control strictly: `SEQUENCE { controlType LDAPOID, criticality BOOLEAN
+/// DEFAULT FALSE, controlValue OCTET STRING OPTIONAL }` with exactly these universal tags,
+/// in this order, and nothing after them. liblber is more lenient (it takes an OID under
+/// any tag, treats an element it does not expect inside a control as the next control,
+/// and reads OIDs as C strings), so every other spelling is an error rather than
+/// something the directory would read differently from the proxy.
+fn control_at(element: Tlv<'_>) -> Result<Control<'_>, FrameError> {
+    if element.tag != 0x30 {
+        return Err(BAD_CONTROL);
+    }
+    let mut rest = element.content;
+    let oid = tlv(rest)?;
+    if oid.tag != 0x04 {
+        return Err(BAD_CONTROL);
+    }
+    if !is_numeric_oid(oid.content) {
+        return Err(BAD_CONTROL_OID);
+    }
+    let oid_text = std::str::from_utf8(oid.content).map_err(|_| BAD_CONTROL_OID)?;
+    rest = &rest[oid.len..];
+    let mut critical = false;
+    if rest.first() == Some(&0x01) {
+        let boolean = tlv(rest)?;
+        // BER: one content octet, zero is FALSE and anything else TRUE (as liblber
+        // reads it); other lengths are refused.
+        let [octet] = boolean.content else {
+            return Err(BAD_CONTROL);
+        };
+        critical = *octet != 0;
+        rest = &rest[boolean.len..];
+    }
+    let mut value = None;
+    if rest.first() == Some(&0x04) {
+        let v = tlv(rest)?;
+        value = Some(v.content);
+        rest = &rest[v.len..];
+    }
+    if !rest.is_empty() {
+        return Err(BAD_CONTROL);
+    }
+    Ok(Control {
+        oid: oid_text,
+        critical,
+        value,
+    })
+}
+
+/// The controls of the content of a Controls element, one by one; stops after the
+/// first error.
+struct Controls<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Controls<'a> {
+    type Item = Result<Control<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let read = tlv(self.rest).and_then(|element| {
+            self.rest = &self.rest[element.len..];
+            control_at(element)
+        });
+        if read.is_err() {
+            self.rest = &[];
+        }
+        Some(read)
+    }
+}
+
+/// The controls a message carries, each read strictly (see [`Control`]); any element
+/// that is not exactly a Control, or a controlType that is not a numeric OID, is an error.
+pub fn controls(msg: &[u8]) -> Result<Vec<Control<'_>>, FrameError> {
+    let rest = parts(msg)?.controls.unwrap_or_default();
+    Controls { rest }.collect()
+}
+
+/// What the proxy must be able to read in every client request before it acts on it or
+/// relays it (DESIGN §7): the controls, read strictly with numeric OIDs, and an
+/// ExtendedRequest's name and value. Only the envelope and the controls are parsed,
+/// never the rest of an operation, so this costs a few element headers per request.
+pub fn check_request(env: Envelope, msg: &[u8]) -> Result<(), FrameError> {
+    let p = parts(msg)?;
+    let rest = p.controls.unwrap_or_default();
+    for control in (Controls { rest }) {
+        control?;
+    }
+    if env.op == op::EXTENDED_REQUEST {
+        extended_name(p.op)?;
+    }
+    Ok(())
+}
+
+/// `msg` with `control` (a complete DER Control) put first among its controls: 389
+/// honours the first proxied-authorization control it finds, so the proxy's own must
+/// precede anything a client sent.
 pub fn with_control(msg: &[u8], control: &[u8]) -> Result<Vec<u8>, FrameError> {
     let p = parts(msg)?;
     let existing = p.controls.unwrap_or_default();
     let controls_len = existing.len() + control.len();
     let mut controls = Vec::with_capacity(controls_len + 6);
     push_header(&mut controls, 0xa0, controls_len);
-    controls.extend_from_slice(existing);
     controls.extend_from_slice(control);
+    controls.extend_from_slice(existing);
     let body_len = p.id_and_op.len() + controls.len();
     let mut out = Vec::with_capacity(body_len + 6);
     push_header(&mut out, 0x30, body_len);
@@ -167,42 +288,6 @@ pub fn simple_bind_request(msgid: i32, dn: &str, password: &[u8]) -> zeroize::Ze
     out
 }
 
-/// How a BindRequest authenticates.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BindAuth<'a> {
-    Simple(&'a [u8]),
-    /// SASL or an authentication choice LDAP does not define.
-    Other,
-}
-
-/// The parts of a BindRequest the bind decision needs.
-#[derive(Debug, PartialEq, Eq)]
-pub struct BindShape<'a> {
-    pub version: u8,
-    pub dn: &'a [u8],
-    pub auth: BindAuth<'a>,
-}
-
-/// Reads a BindRequest at byte level: passwords are octet strings and need not be UTF-8,
-/// so no decoder that insists on text may stand between a bind and its decision.
-pub fn bind_request(msg: &[u8]) -> Result<BindShape<'_>, FrameError> {
-    let op = parts(msg)?.op;
-    let version = tlv(op.content)?;
-    let name = tlv(&op.content[version.len..])?;
-    let auth = tlv(&op.content[version.len + name.len..])?;
-    if op.tag != 0x60 || version.tag != 0x02 || version.content.len() != 1 || name.tag != 0x04 {
-        return Err(MALFORMED);
-    }
-    Ok(BindShape {
-        version: version.content[0],
-        dn: name.content,
-        auth: match auth.tag {
-            0x80 => BindAuth::Simple(auth.content),
-            _ => BindAuth::Other,
-        },
-    })
-}
-
 /// The resultCode of an LDAPResult-shaped response (BindResponse, SearchResultDone, …).
 pub fn result_code(msg: &[u8]) -> Result<u32, FrameError> {
     let op = parts(msg)?.op;
@@ -239,14 +324,29 @@ pub fn search_base(msg: &[u8]) -> Result<(&[u8], u8), FrameError> {
     Ok((base.content, scope.content[0]))
 }
 
-/// An extended request's OID.
-pub fn extended_oid(msg: &[u8]) -> Result<&[u8], FrameError> {
-    let op = parts(msg)?.op;
-    let name = tlv(op.content)?;
-    if name.tag != 0x80 {
+/// An extended request's name: always a well-formed numeric OID. The request must be
+/// exactly `[APPLICATION 23] { [0] requestName, [1] requestValue OPTIONAL }`: liblber
+/// takes the name under any tag and as a C string, so anything else is an error.
+pub fn extended_oid(msg: &[u8]) -> Result<&str, FrameError> {
+    extended_name(parts(msg)?.op)
+}
+
+fn extended_name(request: Tlv<'_>) -> Result<&str, FrameError> {
+    if request.tag != op::EXTENDED_REQUEST {
         return Err(MALFORMED);
     }
-    Ok(name.content)
+    let name = tlv(request.content)?;
+    if name.tag != 0x80 || !is_numeric_oid(name.content) {
+        return Err(BAD_EXTENDED);
+    }
+    let rest = &request.content[name.len..];
+    if !rest.is_empty() {
+        let value = tlv(rest)?;
+        if value.tag != 0x81 || value.len != rest.len() {
+            return Err(MALFORMED);
+        }
+    }
+    std::str::from_utf8(name.content).map_err(|_| BAD_EXTENDED)
 }
 
 #[cfg(test)]
@@ -288,6 +388,25 @@ mod tests {
         }
     }
 
+    /// A BER element.
+    fn el(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        push_header(&mut v, tag, content.len());
+        v.extend_from_slice(content);
+        v
+    }
+
+    /// A search message whose controls element holds exactly `controls`.
+    fn with_raw_controls(controls: &[u8]) -> Vec<u8> {
+        let m = search_msg("dc=x", vec![]);
+        let p = parts(&m).unwrap();
+        el(0x30, &[p.id_and_op, &el(0xa0, controls)].concat())
+    }
+
+    fn oids<'a>(cs: &[Control<'a>]) -> Vec<&'a str> {
+        cs.iter().map(|c| c.oid).collect()
+    }
+
     #[test]
     fn adds_a_control_where_there_was_none() {
         let m = search_msg("ou=People,dc=example,dc=com", vec![]);
@@ -296,8 +415,12 @@ mod tests {
         let d = decode(&out);
         assert_eq!(d.ctrl.len(), 1);
         assert_eq!(
-            control_oids(&out).unwrap(),
-            vec![&b"2.16.840.1.113730.3.4.18"[..]]
+            controls(&out).unwrap(),
+            vec![Control {
+                oid: "2.16.840.1.113730.3.4.18",
+                critical: true,
+                value: Some(b"dn:uid=a,dc=x"),
+            }]
         );
         // Everything else is untouched.
         let mut orig = decode(&m);
@@ -306,17 +429,227 @@ mod tests {
     }
 
     #[test]
-    fn appends_to_existing_controls_and_grows_long_lengths() {
+    fn puts_its_control_first_and_grows_long_lengths() {
         let long_base = format!("cn={},dc=x", "a".repeat(300));
-        let m = search_msg(&long_base, vec![unknown("1.2.3")]);
+        let m = search_msg(&long_base, vec![unknown("1.2.3"), unknown("1.2.5")]);
         let out = with_control(&m, &control("1.2.4", false, None)).unwrap();
-        assert_eq!(
-            control_oids(&out).unwrap(),
-            vec![&b"1.2.3"[..], &b"1.2.4"[..]]
-        );
+        assert_eq!(oids(&controls(&out).unwrap()), ["1.2.4", "1.2.3", "1.2.5"]);
         let (base, scope) = search_base(&out).unwrap();
         assert_eq!((base, scope), (long_base.as_bytes(), 1));
-        assert_eq!(decode(&out).ctrl.len(), 2);
+        assert_eq!(decode(&out).ctrl.len(), 3);
+    }
+
+    #[test]
+    fn numeric_oids() {
+        let good: &[&[u8]] = &[
+            b"0.0",
+            b"1.2",
+            b"2.16.840.1.113730.3.4.18",
+            b"1.3.6.1.4.1.4203.1.11.3",
+            b"10.20.0",
+        ];
+        for oid in good {
+            assert!(is_numeric_oid(oid), "{:?}", String::from_utf8_lossy(oid));
+        }
+        let bad: &[&[u8]] = &[
+            b"",
+            b"1",
+            b"12345",
+            b"2.16.840.1.113730.3.4.18\0",
+            b"2.16.840.1.113730.3.4.18\0junk",
+            b"\x002.16.840.1.113730.3.4.18",
+            b"2.16.840.1.113730.3.4.018",
+            b"01.2",
+            b"1.2.00",
+            b"2.16.840.1.113730.3.4.18 ",
+            b" 2.16.840.1.113730.3.4.18",
+            b"1. 2",
+            b"1.2.",
+            b".1.2",
+            b"1..2",
+            b"1.2.3A",
+            b"1.2.+3",
+            b"1.2.-3",
+            b"cn",
+            b"supportedControl",
+            "1.2.\u{0663}".as_bytes(),
+        ];
+        for oid in bad {
+            assert!(!is_numeric_oid(oid), "{:?}", String::from_utf8_lossy(oid));
+        }
+    }
+
+    #[test]
+    fn controls_are_read_strictly() {
+        const PA: &[u8] = b"2.16.840.1.113730.3.4.18";
+        let oid = el(0x04, PA);
+        let t = el(0x01, &[0xff]);
+        let value = el(0x04, b"dn:uid=b,dc=x");
+        let read = |critical: bool, value: Option<&'static [u8]>| {
+            Ok(vec![Control {
+                oid: "2.16.840.1.113730.3.4.18",
+                critical,
+                value,
+            }])
+        };
+        let v = Some(&b"dn:uid=b,dc=x"[..]);
+        type Case<'a> = (&'a str, Vec<u8>, Result<Vec<Control<'a>>, FrameError>);
+        let cases: Vec<Case> = vec![
+            ("OID alone", el(0x30, &oid), read(false, None)),
+            (
+                "critical",
+                el(0x30, &[&oid[..], &t].concat()),
+                read(true, None),
+            ),
+            (
+                "critical, value",
+                el(0x30, &[&oid[..], &t, &value].concat()),
+                read(true, v),
+            ),
+            (
+                "value only",
+                el(0x30, &[&oid[..], &value].concat()),
+                read(false, v),
+            ),
+            (
+                "explicit FALSE",
+                el(0x30, &[&oid[..], &el(0x01, &[0]), &value].concat()),
+                read(false, v),
+            ),
+            // BER TRUE is any non-zero octet; liblber reads it the same way.
+            (
+                "TRUE as 0x01",
+                el(0x30, &[&oid[..], &el(0x01, &[1])].concat()),
+                read(true, None),
+            ),
+            (
+                "long-form lengths read as liblber reads them",
+                [
+                    &[0x30, 0x82, 0x00, oid.len() as u8 + 7][..],
+                    &oid,
+                    &[0x01, 0x81, 0x01, 0xff],
+                    &[0x04, 0x81, 0x00],
+                ]
+                .concat(),
+                read(true, Some(b"")),
+            ),
+            (
+                "NUL-suffixed OID",
+                el(0x30, &[&el(0x04, &[PA, b"\0"].concat())[..], &t].concat()),
+                Err(BAD_CONTROL_OID),
+            ),
+            (
+                "OID with a leading zero",
+                el(0x30, &el(0x04, b"2.16.840.1.113730.3.4.018")),
+                Err(BAD_CONTROL_OID),
+            ),
+            (
+                "OID with a space",
+                el(0x30, &el(0x04, b"2.16.840.1.113730.3.4.18 ")),
+                Err(BAD_CONTROL_OID),
+            ),
+            (
+                "OID with a letter",
+                el(0x30, &el(0x04, b"2.16.840.1.113730.3.4.1B")),
+                Err(BAD_CONTROL_OID),
+            ),
+            ("empty OID", el(0x30, &el(0x04, b"")), Err(BAD_CONTROL_OID)),
+            (
+                "OID as UTF8String",
+                el(0x30, &[&el(0x0c, PA)[..], &t].concat()),
+                Err(BAD_CONTROL),
+            ),
+            ("no OID", el(0x30, &t), Err(BAD_CONTROL)),
+            ("empty control", el(0x30, b""), Err(MALFORMED)),
+            ("not a SEQUENCE", el(0x31, &oid), Err(BAD_CONTROL)),
+            (
+                "empty BOOLEAN",
+                el(0x30, &[&oid[..], &el(0x01, &[])].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "two-octet BOOLEAN",
+                el(0x30, &[&oid[..], &el(0x01, &[0, 1])].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "BOOLEAN twice",
+                el(0x30, &[&oid[..], &t, &t].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "criticality as INTEGER",
+                el(0x30, &[&oid[..], &el(0x02, &[1])].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "value before criticality",
+                el(0x30, &[&oid[..], &value, &t].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "value tagged [0]",
+                el(0x30, &[&oid[..], &t, &el(0x80, b"dn:")].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "two values",
+                el(0x30, &[&oid[..], &value, &value].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                // liblber reads the nested SEQUENCE as a second control.
+                "a control nested after the value",
+                el(
+                    0x30,
+                    &[
+                        &el(0x04, b"1.2.840.113556.1.4.319")[..],
+                        &el(0x30, &[&oid[..], &t, &value].concat()),
+                    ]
+                    .concat(),
+                ),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "trailing NUL octet",
+                el(0x30, &[&oid[..], &t, &[0]].concat()),
+                Err(BAD_CONTROL),
+            ),
+            (
+                "truncated element",
+                [&[0x30, 0x20][..], &oid].concat(),
+                Err(MALFORMED),
+            ),
+            (
+                "indefinite length",
+                [&[0x30, 0x80][..], &oid, &[0, 0]].concat(),
+                Err(MALFORMED),
+            ),
+        ];
+        for (what, control, expected) in cases {
+            let m = with_raw_controls(&control);
+            assert_eq!(controls(&m), expected, "{what}");
+            let env = crate::frame::peek(&m, 1 << 20).unwrap().unwrap();
+            assert_eq!(check_request(env, &m), expected.map(|_| ()), "{what}");
+        }
+    }
+
+    #[test]
+    fn several_controls_and_an_empty_list() {
+        assert_eq!(controls(&with_raw_controls(b"")), Ok(vec![]));
+        let two = [
+            control("1.2.840.113556.1.4.319", false, Some(b"x")),
+            control("2.16.840.1.113730.3.4.18", true, None),
+        ]
+        .concat();
+        let m = with_raw_controls(&two);
+        assert_eq!(
+            oids(&controls(&m).unwrap()),
+            ["1.2.840.113556.1.4.319", "2.16.840.1.113730.3.4.18"]
+        );
+        // A bad control after a good one spoils the message.
+        let m = with_raw_controls(&[&two[..], &el(0x30, &el(0x04, b"1.2\0"))].concat());
+        assert_eq!(controls(&m), Err(BAD_CONTROL_OID));
     }
 
     #[test]
@@ -334,29 +667,7 @@ mod tests {
     }
 
     #[test]
-    fn bind_and_abandon_are_read() {
-        let b = simple_bind_request(4, "uid=a,dc=x", &[0xff, 0x00, 0x41]);
-        let shape = bind_request(&b).unwrap();
-        assert_eq!(
-            shape,
-            BindShape {
-                version: 3,
-                dn: b"uid=a,dc=x",
-                auth: BindAuth::Simple(&[0xff, 0x00, 0x41])
-            }
-        );
-        let sasl = encode(LdapMsg::new(
-            1,
-            LdapOp::BindRequest(LdapBindRequest {
-                version: 3,
-                dn: String::new(),
-                cred: LdapBindCred::SASL(SaslCredentials {
-                    mechanism: "EXTERNAL".into(),
-                    credentials: vec![],
-                }),
-            }),
-        ));
-        assert_eq!(bind_request(&sasl).unwrap().auth, BindAuth::Other);
+    fn result_and_abandon_are_read() {
         let reply = crate::proto::bind_response(
             4,
             &crate::proto::LdapError::new(LdapResultCode::InvalidCredentials, "no"),
@@ -367,26 +678,102 @@ mod tests {
         assert_eq!(abandon_target(&ab).unwrap(), 300);
     }
 
-    #[test]
-    fn extended_oid_is_read() {
-        let m = encode(LdapMsg::new(
+    fn extended(name: &str) -> Vec<u8> {
+        encode(LdapMsg::new(
             9,
             LdapOp::ExtendedRequest(LdapExtendedRequest {
-                name: "1.3.6.1.4.1.4203.1.11.3".into(),
-                value: None,
+                name: name.into(),
+                value: Some(b"v".to_vec()),
             }),
-        ));
-        assert_eq!(extended_oid(&m).unwrap(), b"1.3.6.1.4.1.4203.1.11.3");
+        ))
+        .to_vec()
+    }
+
+    #[test]
+    fn extended_oid_is_read() {
+        let m = extended("1.3.6.1.4.1.4203.1.11.3");
+        assert_eq!(extended_oid(&m).unwrap(), "1.3.6.1.4.1.4203.1.11.3");
+        let env = crate::frame::peek(&m, 1 << 20).unwrap().unwrap();
+        assert_eq!(check_request(env, &m), Ok(()));
         assert!(search_base(&m).is_err());
+    }
+
+    #[test]
+    fn extended_requests_are_read_strictly() {
+        const WHOAMI: &[u8] = b"1.3.6.1.4.1.4203.1.11.3";
+        // Message 9: an ExtendedRequest with the given content.
+        let request = |content: &[u8]| {
+            el(
+                0x30,
+                &[&[0x02, 0x01, 0x09][..], &el(0x77, content)].concat(),
+            )
+        };
+        let cases: Vec<(&str, Vec<u8>, Result<&str, FrameError>)> = vec![
+            (
+                "name",
+                request(&el(0x80, WHOAMI)),
+                Ok("1.3.6.1.4.1.4203.1.11.3"),
+            ),
+            (
+                "name and value",
+                request(&[el(0x80, WHOAMI), el(0x81, b"")].concat()),
+                Ok("1.3.6.1.4.1.4203.1.11.3"),
+            ),
+            (
+                "NUL-suffixed name",
+                request(&el(0x80, &[WHOAMI, b"\0"].concat())),
+                Err(BAD_EXTENDED),
+            ),
+            (
+                "name with a space",
+                request(&el(0x80, b"1.3.6.1.4.1.4203.1.11.1 ")),
+                Err(BAD_EXTENDED),
+            ),
+            (
+                "name with a leading zero",
+                request(&el(0x80, b"1.3.6.1.4.1.4203.1.11.01")),
+                Err(BAD_EXTENDED),
+            ),
+            ("empty name", request(&el(0x80, b"")), Err(BAD_EXTENDED)),
+            // 389 takes the name under these tags too.
+            (
+                "name as OCTET STRING",
+                request(&el(0x04, WHOAMI)),
+                Err(BAD_EXTENDED),
+            ),
+            (
+                "name as UTF8String",
+                request(&el(0x0c, WHOAMI)),
+                Err(BAD_EXTENDED),
+            ),
+            (
+                "value tagged [2]",
+                request(&[el(0x80, WHOAMI), el(0x82, b"")].concat()),
+                Err(MALFORMED),
+            ),
+            (
+                "element after the value",
+                request(&[el(0x80, WHOAMI), el(0x81, b""), el(0x04, b"x")].concat()),
+                Err(MALFORMED),
+            ),
+            ("no name", request(b""), Err(MALFORMED)),
+        ];
+        for (what, m, expected) in cases {
+            assert_eq!(extended_oid(&m), expected, "{what}");
+            let env = crate::frame::peek(&m, 1 << 20).unwrap().unwrap();
+            assert_eq!(check_request(env, &m), expected.map(|_| ()), "{what}");
+        }
     }
 
     #[test]
     fn truncated_or_trailing_garbage_is_malformed() {
         let m = search_msg("dc=x", vec![unknown("1.2.3")]);
-        assert!(control_oids(&m[..m.len() - 1]).is_err());
+        assert!(controls(&m[..m.len() - 1]).is_err());
         let mut junk = m.clone();
         junk[1] += 2;
         junk.extend_from_slice(&[0x04, 0x00]);
-        assert!(control_oids(&junk).is_err());
+        assert!(controls(&junk).is_err());
+        let env = crate::frame::peek(&junk, 1 << 20).unwrap().unwrap();
+        assert!(check_request(env, &junk).is_err());
     }
 }

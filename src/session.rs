@@ -15,11 +15,11 @@ use crate::backend::{self, BackendStream, Unreachable};
 use crate::bind::{self, FirstLook, Outcome, Refusal, Trail};
 use crate::bind_request;
 use crate::config::{Config, Identity};
-use crate::dn::Dn;
 use crate::frame::{self, op, Envelope, FrameError};
 use crate::logsafe::Untrusted;
 use crate::message;
 use crate::metrics;
+use crate::policy::{self, Action, OID_PROXY_AUTHZ_V2};
 use crate::proto::{self, LdapError};
 use crate::server::Shared;
 use crate::tls::{self, ClientStream, Stream};
@@ -50,11 +50,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// stops reading from the client until the bind is decided (backpressure).
 const MAX_HELD: usize = 64;
 const MAX_HELD_BYTES: usize = HIGH_WATER;
-
-const OID_WHOAMI: &[u8] = b"1.3.6.1.4.1.4203.1.11.3";
-const OID_PASSWD_MODIFY: &[u8] = b"1.3.6.1.4.1.4203.1.11.1";
-const OID_PROXY_AUTHZ_V1: &[u8] = b"2.16.840.1.113730.3.4.12";
-const OID_PROXY_AUTHZ_V2: &str = "2.16.840.1.113730.3.4.18";
 
 type Connecting = Pin<Box<dyn Future<Output = Result<BackendStream, Unreachable>> + Send>>;
 type Deciding = Pin<Box<dyn Future<Output = (Outcome, Trail)> + Send>>;
@@ -432,6 +427,11 @@ impl Session {
     }
 
     fn on_request(&mut self, env: Envelope, msg: Bytes) {
+        // Whatever the proxy cannot read exactly is refused before anything acts on it
+        // or relays it (DESIGN §7).
+        if let Err(e) = message::check_request(env, &msg) {
+            return self.protocol_error(&e);
+        }
         if env.op == op::EXTENDED_REQUEST && is_starttls(&msg) {
             // Never held behind a bind: a pending bind makes it fail at once.
             return self.start_tls(env);
@@ -762,7 +762,7 @@ impl Session {
 
     /// Relays a PAM-bound user's request so the directory applies the user's rights,
     /// answering itself what the directory would answer for the service account instead
-    /// (DESIGN §2 step 10).
+    /// (DESIGN §2 step 10; the rules are in [`policy`]).
     fn relay_for_pam_user(&mut self, env: Envelope, msg: Bytes) {
         let Auth::Pam {
             dn,
@@ -772,54 +772,27 @@ impl Session {
         else {
             return self.relay(env, &msg);
         };
-        let Ok(oids) = message::control_oids(&msg) else {
-            return self.protocol_error(&FrameError::Malformed("bad controls"));
+        let user = policy::PamUser {
+            dn,
+            service,
+            control: control.as_deref(),
         };
-        if oids
-            .iter()
-            .any(|o| *o == OID_PROXY_AUTHZ_V1 || *o == OID_PROXY_AUTHZ_V2.as_bytes())
-        {
-            return self.reply(
-                env,
-                &LdapError::new(
-                    LdapResultCode::InsufficentAccessRights,
-                    "proxied authorization is not available to this connection",
-                ),
-            );
-        }
-        let control = control.clone();
-        let plain = match env.op {
-            op::EXTENDED_REQUEST => match message::extended_oid(&msg) {
-                Ok(OID_WHOAMI) => {
-                    let authzid = format!("dn:{dn}").into_bytes();
-                    let reply =
-                        proto::extended_response(env.msgid, &LdapError::success(), Some(authzid));
-                    return self.send_local(&reply);
-                }
-                Ok(OID_PASSWD_MODIFY) => {
-                    let err = LdapError::new(
-                        LdapResultCode::UnwillingToPerform,
-                        format!("password is managed by PAM service {service}"),
-                    );
-                    return self.reply(env, &err);
-                }
-                _ => false,
-            },
-            // The root DSE and the schema are public, and 389 shows nothing of them under
-            // proxied authorization.
-            op::SEARCH_REQUEST => match message::search_base(&msg) {
-                Ok((base, scope)) => is_public_base(base, scope),
-                Err(e) => return self.protocol_error(&e),
-            },
-            op::ABANDON_REQUEST => true,
-            _ => false,
-        };
-        match control {
-            Some(control) if !plain => match message::with_control(&msg, &control) {
-                Ok(rewritten) => self.relay(env, &rewritten),
-                Err(e) => self.protocol_error(&e),
-            },
-            _ => self.relay(env, &msg),
+        match policy::decide(env, &msg, &user) {
+            Action::Relay => self.relay(env, &msg),
+            Action::RelayRewritten(rewritten) => self.relay(env, &rewritten),
+            Action::WhoAmI(authzid) => {
+                let reply = proto::extended_response(
+                    env.msgid,
+                    &LdapError::success(),
+                    Some(authzid.into_bytes()),
+                );
+                self.send_local(&reply);
+            }
+            Action::Refuse(err) => {
+                tracing::info!(peer = %self.peer, op = op::name(env.op), "request refused: {}", err.message);
+                self.reply(env, &err);
+            }
+            Action::ProtocolError(e) => self.protocol_error(&e),
         }
     }
 
@@ -1125,7 +1098,7 @@ fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream) -> Client {
 
 /// Whether an ExtendedRequest is StartTLS.
 fn is_starttls(msg: &[u8]) -> bool {
-    message::extended_oid(msg).is_ok_and(|oid| oid == tls::OID_STARTTLS.as_bytes())
+    message::extended_oid(msg).is_ok_and(|oid| oid == tls::OID_STARTTLS)
 }
 
 /// The StartTLS response: an ExtendedResponse named like the request (RFC 4511 §4.14.2).
@@ -1143,17 +1116,6 @@ fn starttls_response(msgid: i32, err: &LdapError) -> Bytes {
             value: None,
         }),
     ))
-}
-
-/// The root DSE (base scope) and the subschema entry.
-fn is_public_base(base: &[u8], scope: u8) -> bool {
-    if base.is_empty() {
-        return scope == 0;
-    }
-    std::str::from_utf8(base)
-        .ok()
-        .and_then(|b| Dn::parse(b).ok())
-        .is_some_and(|d| d.to_string() == "cn=schema")
 }
 
 /// One line per bind the directory decided (`code` as it answered).

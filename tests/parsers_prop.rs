@@ -340,20 +340,21 @@ fn read_everything(bytes: &[u8]) -> Result<(), TestCaseError> {
                 assert!(env.len <= limit, "{env:?} over the limit {limit}");
             }
         }
-        let _ = message::control_oids(bytes);
-        let _ = message::bind_request(bytes);
+        let _ = message::controls(bytes);
+        let _ = ldap_pam_proxy::bind_request::parse(bytes);
         let _ = message::result_code(bytes);
         let _ = message::abandon_target(bytes);
         let _ = message::search_base(bytes);
         let _ = message::extended_oid(bytes);
         let control = message::control("2.16.840.1.113730.3.4.18", true, Some(b"dn:uid=a,dc=x"));
-        let readable = message::control_oids(bytes).is_ok();
+        let readable = message::controls(bytes).is_ok();
         if let (Ok(out), true) = (message::with_control(bytes, &control), readable) {
             // The rewritten message is read back as a message with that control.
-            let oids = message::control_oids(&out).expect("a rewritten message reads back");
-            assert!(
-                oids.iter().any(|o| *o == b"2.16.840.1.113730.3.4.18"),
-                "{oids:?}"
+            let controls = message::controls(&out).expect("a rewritten message reads back");
+            assert_eq!(
+                controls.first().map(|c| c.oid),
+                Some("2.16.840.1.113730.3.4.18"),
+                "the proxy's control comes first: {controls:?}"
             );
         }
     });
@@ -641,7 +642,10 @@ fn huge_claimed_lengths_in_tiny_buffers_allocate_nothing_like_them() {
             );
             assert!(used < 4096, "peek allocated {used} bytes for {input:02x?}");
             read_everything(&input).unwrap_or_else(|e| panic!("{input:02x?}: {e}"));
-            assert!(message::bind_request(&input).is_err(), "{input:02x?}");
+            assert!(
+                ldap_pam_proxy::bind_request::parse(&input).is_err(),
+                "{input:02x?}"
+            );
         }
     }
 }

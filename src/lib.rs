@@ -25,7 +25,6 @@ pub mod message;
 pub mod metrics;
 pub mod pam_gate;
 pub mod pam_pool;
-pub mod policy;
 pub mod proto;
 pub mod secret;
 pub mod server;

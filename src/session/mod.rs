@@ -1,0 +1,417 @@
+//! One client connection: the I/O shell around the protocol core.
+//!
+//! [`state::SessionState`] decides everything about the connection without doing any
+//! I/O; this shell owns the sockets, the TLS handshake, the timers and the futures that
+//! open backend connections and decide binds. All of a session's I/O runs in one task,
+//! driven by [`Session::poll_event`]: it writes what the core has buffered in both
+//! directions, then reads from whichever side the core has room for (backpressure: a
+//! slow client slows its backend connection down instead of making the proxy buffer),
+//! and reports the first thing that happened to the core.
+//!
+//! - [`state`]: the core (phases, binds, held requests, relaying, StartTLS, endings).
+//! - [`boundary`]: where the backend's response stream stands between messages.
+//! - [`policy`]: what a PAM-bound session may relay.
+
+mod boundary;
+pub mod policy;
+mod state;
+
+use crate::backend::{self, BackendStream, Unreachable};
+use crate::bind::{self, Outcome, Trail};
+use crate::metrics;
+use crate::server::Shared;
+use crate::tls::{self, ClientStream, Stream};
+use bytes::{Buf, BufMut, BytesMut};
+use state::{Action, Decision, SessionState, READ_CHUNK};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tokio_rustls::{Accept, TlsAcceptor};
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+type Connecting = Pin<Box<dyn Future<Output = Result<BackendStream, Unreachable>> + Send>>;
+type Deciding = Pin<Box<dyn Future<Output = (Outcome, Trail)> + Send>>;
+
+/// The client side of the session.
+enum Client {
+    Open(ClientStream),
+    /// The TLS handshake on the client's TCP connection (LDAPS, or after StartTLS).
+    Handshake {
+        accept: Box<Accept<TcpStream>>,
+        deadline: Pin<Box<Sleep>>,
+    },
+    /// Only while the stream moves from one state to the next.
+    Gone,
+}
+
+/// An open backend connection, counted in the metrics while it lives.
+struct Backend {
+    stream: BackendStream,
+    _counted: metrics::BackendConnection,
+}
+
+impl Backend {
+    fn new(stream: BackendStream) -> Self {
+        Backend {
+            stream,
+            _counted: metrics::BackendConnection::open(),
+        }
+    }
+}
+
+enum Event {
+    ClientReadable,
+    ClientGone(Option<io::Error>),
+    BackendReadable,
+    BackendGone(Option<io::Error>),
+    Connected(Result<BackendStream, Unreachable>),
+    /// The StartTLS success response is written: time for the handshake.
+    StartTlsAnswered,
+    /// The TLS handshake ended.
+    Handshaken(io::Result<Box<tokio_rustls::server::TlsStream<TcpStream>>>),
+    BindDecided(Outcome, Trail),
+    ShutdownRequested,
+    IdleCheck,
+    /// Everything queued for the client is written and the session is ending.
+    Finished,
+}
+
+/// One client connection.
+pub struct Session {
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    core: SessionState,
+    client: Client,
+    backend: Option<Backend>,
+    connecting: Option<Connecting>,
+    deciding: Option<Deciding>,
+    /// The service-bound connection of a PAM success, until the core installs it.
+    service_link: Option<BackendStream>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+}
+
+impl Session {
+    /// A session for a client accepted on the plain listener.
+    pub fn new(
+        client: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Session::with_client(
+            Client::Open(Stream::Plain(client)),
+            false,
+            peer,
+            shared,
+            shutdown,
+        )
+    }
+
+    /// A session for a client accepted on the LDAPS listener: the TLS handshake comes
+    /// first, bounded by [`tls::HANDSHAKE_TIMEOUT`].
+    pub fn new_ldaps(
+        client: TcpStream,
+        acceptor: &TlsAcceptor,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Session::with_client(handshake(acceptor, client), true, peer, shared, shutdown)
+    }
+
+    fn with_client(
+        client: Client,
+        tls: bool,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let source = Arc::clone(&shared);
+        let core = SessionState::new(
+            peer,
+            Box::new(move || source.config()),
+            shared.tls.is_some(),
+            tls,
+        );
+        let idle = shared
+            .config()
+            .limits
+            .idle_timeout
+            .map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        Session {
+            peer,
+            shared,
+            core,
+            client,
+            backend: None,
+            connecting: None,
+            deciding: None,
+            service_link: None,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            idle,
+        }
+    }
+
+    /// Serves the client until it leaves, the backend goes away, or shutdown completes.
+    pub async fn run(mut self) {
+        tracing::debug!(peer = %self.peer, "client connected");
+        metrics::client_connection(1.0);
+        loop {
+            match poll_fn(|cx| self.poll_event(cx)).await {
+                Event::ClientReadable => self.core.client_data(Instant::now()),
+                Event::ClientGone(err) => {
+                    if let Some(e) = err {
+                        tracing::debug!(peer = %self.peer, "client connection error: {e}");
+                    }
+                    break;
+                }
+                Event::BackendReadable => self.core.backend_data(),
+                Event::BackendGone(err) => {
+                    self.backend = None;
+                    self.core.backend_lost(err.map(|e| e.to_string()));
+                }
+                Event::Connected(result) => {
+                    self.connecting = None;
+                    let result = match result {
+                        Ok(stream) => {
+                            self.backend = Some(Backend::new(stream));
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    self.core.connected(result);
+                }
+                Event::StartTlsAnswered => self.begin_handshake(),
+                Event::Handshaken(Ok(stream)) => {
+                    let (_, conn) = stream.get_ref();
+                    tracing::debug!(
+                        peer = %self.peer,
+                        version = ?conn.protocol_version(),
+                        suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+                        "TLS established"
+                    );
+                    self.client = Client::Open(Stream::Tls(stream));
+                    self.core.tls_established(Instant::now());
+                }
+                Event::Handshaken(Err(e)) => {
+                    tracing::info!(peer = %self.peer, "TLS handshake failed: {e}");
+                    break;
+                }
+                Event::BindDecided(outcome, trail) => {
+                    self.deciding = None;
+                    let decision = match outcome {
+                        Outcome::Forward { reason, budget } => Decision::Forward { reason, budget },
+                        Outcome::Fail(refusal) => Decision::Fail(refusal),
+                        Outcome::Bound { link, dn } => {
+                            self.service_link = Some(link);
+                            Decision::Bound { dn }
+                        }
+                    };
+                    self.core.bind_decided(decision, trail);
+                }
+                Event::ShutdownRequested => self.core.shutdown(),
+                Event::IdleCheck => self.idle_check(),
+                Event::Finished => break,
+            }
+            self.carry_out();
+        }
+        self.core.finish();
+        metrics::client_connection(-1.0);
+        tracing::debug!(peer = %self.peer, "client connection closed");
+    }
+
+    /// Carries out what the core asked for, in order.
+    fn carry_out(&mut self) {
+        while let Some(action) = self.core.next_action() {
+            match action {
+                Action::Connect => {
+                    let config = self.shared.config();
+                    self.connecting =
+                        Some(Box::pin(
+                            async move { backend::connect(&config.backend).await },
+                        ));
+                }
+                Action::Decide { bind, tls } => {
+                    let shared = Arc::clone(&self.shared);
+                    let config = shared.config();
+                    let client = self.peer.ip();
+                    self.deciding = Some(Box::pin(async move {
+                        bind::authenticate(&config, &shared.lookup, &shared.pam, bind, client, tls)
+                            .await
+                    }));
+                }
+                Action::RetireLink => {
+                    self.backend = None;
+                    self.connecting = None;
+                }
+                Action::InstallServiceLink => {
+                    self.backend = self.service_link.take().map(Backend::new);
+                }
+                Action::ChargeFailure(key) => self.shared.pam.charge_failure(&key, self.peer.ip()),
+            }
+        }
+        // A PAM success nobody waits for any more (abandoned) is not installed.
+        self.service_link = None;
+    }
+
+    /// Moves bytes as far as they go without blocking and reports the first thing that
+    /// needs the session's attention.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let client = match &mut self.client {
+            Client::Open(stream) => stream,
+            Client::Handshake { accept, deadline } => {
+                // Nothing else happens meanwhile: nothing is in progress (StartTLS
+                // requires it) and the deadline bounds the wait.
+                if let Poll::Ready(result) = Pin::new(accept.as_mut()).poll(cx) {
+                    return Poll::Ready(Event::Handshaken(result.map(Box::new)));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Handshaken(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no handshake within {:?}", tls::HANDSHAKE_TIMEOUT),
+                    ))));
+                }
+                return Poll::Pending;
+            }
+            Client::Gone => return Poll::Ready(Event::Finished),
+        };
+        match poll_write_all(client, self.core.client_out(), cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientGone(Some(e))),
+            Poll::Ready(Ok(())) if self.core.ready_for_handshake() => {
+                return Poll::Ready(Event::StartTlsAnswered);
+            }
+            _ => {}
+        }
+        if self.core.closing() {
+            // What the backend still has to get (an Unbind, so the directory logs an
+            // orderly close) goes if it can go now; the client does not wait for it.
+            if let Some(b) = &mut self.backend {
+                let _ = poll_write_all(&mut b.stream, self.core.backend_out(), cx);
+            }
+            if !self.core.client_out().is_empty() {
+                return Poll::Pending;
+            }
+            return match Pin::new(client).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => Poll::Ready(Event::Finished),
+            };
+        }
+
+        if let Some(fut) = &mut self.connecting {
+            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Event::Connected(result));
+            }
+        }
+        if let Some(b) = &mut self.backend {
+            if let Poll::Ready(Err(e)) = poll_write_all(&mut b.stream, self.core.backend_out(), cx)
+            {
+                return Poll::Ready(Event::BackendGone(Some(e)));
+            }
+            if self.core.may_read_backend() {
+                match read_chunk(&mut b.stream, self.core.backend_in(), cx) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Event::BackendGone(None)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Event::BackendReadable),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::BackendGone(Some(e))),
+                    Poll::Pending => {}
+                }
+            }
+        }
+
+        if let Some(fut) = &mut self.deciding {
+            if let Poll::Ready((outcome, trail)) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Event::BindDecided(outcome, trail));
+            }
+        }
+
+        if self.core.may_read_client() {
+            match read_chunk(client, self.core.client_in(), cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientGone(None)),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientReadable),
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientGone(Some(e))),
+                Poll::Pending => {}
+            }
+        }
+        if !self.core.draining() && self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::ShutdownRequested);
+        }
+        if let Some((_, sleep)) = &mut self.idle {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::IdleCheck);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The StartTLS answer is written: the handshake runs on the same TCP connection.
+    fn begin_handshake(&mut self) {
+        let acceptor = self.shared.tls.as_ref().map(|t| t.acceptor());
+        match (std::mem::replace(&mut self.client, Client::Gone), acceptor) {
+            (Client::Open(Stream::Plain(tcp)), Some(acceptor)) => {
+                self.client = handshake(&acceptor, tcp);
+                self.core.handshake_started();
+            }
+            // Cannot happen (StartTLS was accepted only on a plain connection with TLS
+            // configured); ending the session is the safe answer.
+            (other, _) => {
+                self.client = other;
+                self.core.close();
+            }
+        }
+    }
+
+    fn idle_check(&mut self) {
+        let Some((timeout, sleep)) = &mut self.idle else {
+            return;
+        };
+        // Re-arming only when the timer fires keeps the per-read cost to one clock read.
+        if let Some(next) = self.core.idle_tick(Instant::now(), *timeout) {
+            sleep.as_mut().reset(next.into());
+        }
+    }
+}
+
+/// Starts the TLS handshake on `tcp`, with its deadline.
+fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream) -> Client {
+    Client::Handshake {
+        accept: Box::new(acceptor.accept(tcp)),
+        deadline: Box::pin(tokio::time::sleep(tls::HANDSHAKE_TIMEOUT)),
+    }
+}
+
+/// Reads at most one chunk, whatever capacity the buffer kept from earlier traffic: the
+/// core's high-water marks bound what is buffered.
+fn read_chunk<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_CHUNK);
+    poll_read_buf(Pin::new(stream), cx, &mut buf.limit(READ_CHUNK))
+}
+
+/// Writes as much of `buf` as the stream takes now; `Ready(Err)` on a failed or closed
+/// stream, `Ready(Ok)` when `buf` is empty, `Pending` when the stream is full.
+fn poll_write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !buf.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => buf.advance(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Pin::new(stream).poll_flush(cx)
+}

@@ -15,6 +15,8 @@
 mod boundary;
 pub mod policy;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use crate::backend::{self, BackendStream, Unreachable};
 use crate::bind::{self, Outcome, Trail};

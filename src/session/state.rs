@@ -413,40 +413,47 @@ impl SessionState {
                 if !self.retire_link() {
                     return;
                 }
-                if p.abandoned {
-                    // Nobody is waiting for this session to become the user.
-                    return self.release_held();
+                // When abandoned, nobody is waiting for this session to become the user.
+                if !p.abandoned {
+                    self.become_pam_user(p, dn, &trail);
                 }
-                self.actions.push_back(Action::InstallServiceLink);
-                self.link = Link::Up {
-                    as_service: true,
-                    directory_bind: false,
-                    responses: ResponseStream::default(),
-                };
-                let authz = format!("dn:{dn}");
-                self.auth = Auth::Pam {
-                    dn,
-                    service: trail.service.clone().unwrap_or_default(),
-                    control: (self.config.bind.identity == Identity::ProxyAuthz).then(|| {
-                        message::control(policy::OID_PROXY_AUTHZ_V2, true, Some(authz.as_bytes()))
-                    }),
-                };
-                let controls = if p.wants_authz_id {
-                    vec![proto::response_control(
-                        bind::OID_AUTHZID_RESPONSE,
-                        authz.as_bytes(),
-                    )]
-                } else {
-                    Vec::new()
-                };
-                self.send_local(&proto::bind_response(
-                    p.msgid,
-                    &LdapError::success(),
-                    controls,
-                ));
             }
         }
         self.release_held();
+        // Shutdown may have been waiting for this bind.
+        self.end_if_drained();
+    }
+
+    /// A PAM success: the session relays through the service-bound connection, as the
+    /// entry `dn`, and the client is told.
+    fn become_pam_user(&mut self, p: PendingBind, dn: String, trail: &Trail) {
+        self.actions.push_back(Action::InstallServiceLink);
+        self.link = Link::Up {
+            as_service: true,
+            directory_bind: false,
+            responses: ResponseStream::default(),
+        };
+        let authz = format!("dn:{dn}");
+        self.auth = Auth::Pam {
+            dn,
+            service: trail.service.clone().unwrap_or_default(),
+            control: (self.config.bind.identity == Identity::ProxyAuthz).then(|| {
+                message::control(policy::OID_PROXY_AUTHZ_V2, true, Some(authz.as_bytes()))
+            }),
+        };
+        let controls = if p.wants_authz_id {
+            vec![proto::response_control(
+                bind::OID_AUTHZID_RESPONSE,
+                authz.as_bytes(),
+            )]
+        } else {
+            Vec::new()
+        };
+        self.send_local(&proto::bind_response(
+            p.msgid,
+            &LdapError::success(),
+            controls,
+        ));
     }
 
     /// The shell started the TLS handshake after writing the StartTLS answer.

@@ -8,6 +8,7 @@
 //! on its own (route filters, PAM services, the service password file), so one run
 //! lists every error it can find.
 
+use crate::backend::Backends;
 use crate::config::{Config, ConfigError};
 use crate::dircheck;
 use crate::duo;
@@ -277,11 +278,12 @@ pub fn check_live(config: &Config) -> CheckReport {
             return report;
         }
     };
+    let backends = Backends::default();
     runtime.block_on(async {
-        if let Err(e) = crate::bind::check_suffixes(config).await {
+        if let Err(e) = crate::bind::check_suffixes(config, &backends).await {
             report.errors.push(format!("directory: {e}"));
         }
-        match dircheck::run(config).await {
+        match dircheck::run(config, &backends).await {
             Ok(warnings) => report
                 .warnings
                 .extend(warnings.into_iter().map(|w| format!("directory: {w}"))),

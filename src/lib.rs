@@ -12,6 +12,7 @@ pub mod bind;
 pub mod bind_request;
 pub mod check;
 pub mod config;
+pub mod context;
 pub mod dircheck;
 pub mod dn;
 pub mod duo;

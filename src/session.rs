@@ -11,17 +11,17 @@
 //! on the same TCP connection. Either way the session then reads and writes a
 //! [`ClientStream`] as before, with `tls` set.
 
-use crate::backend::{self, BackendStream, Unreachable};
+use crate::backend::{BackendStream, Unreachable};
 use crate::bind::{self, FirstLook, Outcome, Refusal, Trail};
 use crate::bind_request;
 use crate::config::{Config, Identity};
+use crate::context::Shared;
 use crate::frame::{self, op, Envelope, FrameError};
 use crate::logsafe::Untrusted;
 use crate::message;
 use crate::metrics;
 use crate::policy::{self, Action, OID_PROXY_AUTHZ_V2};
 use crate::proto::{self, LdapError};
-use crate::server::Shared;
 use crate::tls::{self, ClientStream, Stream};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ldap3_proto::proto::{LdapExtendedResponse, LdapMsg, LdapOp, LdapResult, LdapResultCode};
@@ -817,9 +817,10 @@ impl Session {
         self.to_backend.extend_from_slice(msg);
         if let Link::Idle = self.link {
             let config = Arc::clone(&self.config);
+            let backends = Arc::clone(&self.shared.backends);
             self.link =
                 Link::Connecting(Box::pin(
-                    async move { backend::connect(&config.backend).await },
+                    async move { backends.connect(&config.backend).await },
                 ));
         }
     }
@@ -1142,7 +1143,7 @@ fn log_bind(
     abandoned: bool,
 ) {
     let route = trail.route.as_deref().unwrap_or("-");
-    metrics::bind_decided(route, &format!("{code:?}"), started.elapsed().as_secs_f64());
+    metrics::bind_decided(route, code, started.elapsed().as_secs_f64());
     // The DN comes escaped; what the directory and PAM said is escaped here.
     tracing::info!(
         client = %peer,

@@ -1,6 +1,6 @@
-//! Configuration: one TOML file, deserialized strictly ([`raw`]) and validated section
-//! by section ([`validate`]) into a [`Config`] that is valid by construction. Every error
-//! names the file, the line and the key ([`locator`]).
+//! Configuration: one TOML file, deserialized strictly (`raw`) and validated section
+//! by section (`validate`) into a [`Config`] that is valid by construction. Every error
+//! names the file, the line and the key (`locator`).
 
 mod locator;
 mod raw;

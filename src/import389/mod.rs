@@ -1,7 +1,7 @@
 //! `import-389`: turns a 389 DS "PAM Pass Through Auth" plugin configuration (LDIF) into
 //! `[[route]]` tables and the `[bind]` keys they need (DESIGN §2 and §5), in three steps:
-//! [`ldif`] reads the records, [`plugin`] applies 389's semantics (which entries count,
-//! their evaluation order, what each means) and [`render`] writes the TOML.
+//! `ldif` reads the records, `plugin` applies 389's semantics (which entries count,
+//! their evaluation order, what each means) and `render` writes the TOML.
 
 mod ldif;
 mod plugin;

@@ -14,7 +14,7 @@ use crate::logsafe::Untrusted;
 use crate::lookup::{LookupError, LookupPool};
 use crate::proto::code_text;
 use crate::secret::Password;
-use crate::{check, dircheck, duo};
+use crate::{dircheck, duo, pam_service};
 use ldap3_proto::proto::LdapResultCode;
 use std::sync::Arc;
 
@@ -212,14 +212,16 @@ pub async fn explain(
 fn describe_route(config: &Config, route: &Route, resolved: &Resolved, out: &mut Vec<String>) {
     out.push(format!("route: {} (the first that matches)", route.name));
     out.push(format!("pam service: {}", route.pam_service));
-    let dirs = check::pam_service_dirs();
-    out.push(match check::find_pam_service(&route.pam_service, &dirs) {
-        Some(p) => format!("pam service file: {}", p.display()),
-        None => format!(
-            "pam service file: MISSING: {}",
-            check::missing_service_explanation(&route.pam_service, &dirs)
-        ),
-    });
+    let dirs = pam_service::pam_service_dirs();
+    out.push(
+        match pam_service::find_pam_service(&route.pam_service, &dirs) {
+            Some(p) => format!("pam service file: {}", p.display()),
+            None => format!(
+                "pam service file: MISSING: {}",
+                pam_service::missing_service_explanation(&route.pam_service, &dirs)
+            ),
+        },
+    );
     for module in duo::duo_modules(&route.pam_service, &dirs) {
         out.push(format!(
             "pam_duo: {}:{} reads {}: {}",

@@ -54,6 +54,7 @@ pub mod message;
 pub mod metrics;
 pub mod pam_gate;
 pub mod pam_pool;
+pub mod pam_service;
 pub mod policy;
 pub mod proto;
 pub mod secret;

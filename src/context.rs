@@ -3,11 +3,11 @@
 //! the route lookup pool, the PAM gate, the proxy's server certificate, the health that
 //! `/readyz` reports, and what backend connections remember ([`Backends`]).
 //!
-//! It sits below [`crate::server`] (which builds it, reloads it and runs the listeners)
-//! and [`crate::session`] (which reads it), so neither imports the other for it. It is
-//! made from parts ([`Shared::from_parts`]): a test can build one over a scripted PAM
-//! pool, without PAM threads or certificates; [`Shared::new`] makes the parts of a
-//! running proxy.
+//! It sits below [`crate::server`] (which reloads it and runs the listeners) and
+//! [`crate::session`] (which reads it), so neither imports the other for it. It is made
+//! from parts ([`Shared::from_parts`]): a test can build one over a scripted PAM pool,
+//! without PAM threads or certificates; [`Shared::new`] makes the parts of a running
+//! proxy (the `run` command calls it).
 
 use crate::backend::Backends;
 use crate::config::Config;

@@ -13,7 +13,7 @@ use ldap3_proto::LdapCodec;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,108 +33,152 @@ pub struct Unreachable(String);
 /// server, only one connection in this window pays its connect timeout, not every one.
 const DOWN_FOR: Duration = Duration::from_secs(30);
 
-/// When each backend (by URI) last failed to connect.
-fn failures() -> &'static Mutex<HashMap<String, Instant>> {
-    static FAILED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    FAILED.get_or_init(Mutex::default)
+/// What connecting to the backends remembers from one connection to the next: which
+/// backends failed lately, and the TLS client configurations already built. A running
+/// proxy has one, in its context ([`crate::context::Shared`]); a one-shot command
+/// (`check-config --live`, `explain`) makes its own.
+#[derive(Default)]
+pub struct Backends {
+    /// When each backend (by URI) last failed to connect.
+    failed: Mutex<HashMap<String, Instant>>,
+    /// TLS client configurations by CA file, built once: every session's connection
+    /// would otherwise read and parse the CA file again.
+    tls: Mutex<HashMap<PathBuf, Arc<ClientConfig>>>,
 }
 
-/// The backends in configured order, those that failed within [`DOWN_FOR`] last.
-fn in_trial_order(cfg: &BackendConfig) -> Vec<&BackendUri> {
-    let failed = failures().lock().unwrap_or_else(PoisonError::into_inner);
-    let down = |u: &BackendUri| failed.get(&u.uri).is_some_and(|t| t.elapsed() < DOWN_FOR);
-    let (up, down): (Vec<&BackendUri>, Vec<&BackendUri>) = cfg.uris.iter().partition(|u| !down(u));
-    up.into_iter().chain(down).collect()
-}
-
-/// Connects to the first backend that answers, in configured order (recently failed ones
-/// last). The connect timeout covers the TCP connect, StartTLS and the TLS handshake.
-pub async fn connect(cfg: &BackendConfig) -> Result<BackendStream, Unreachable> {
-    let mut why = String::new();
-    for uri in in_trial_order(cfg) {
-        let attempt = tokio::time::timeout(cfg.connect_timeout, open(cfg, uri)).await;
-        let mut failed = failures().lock().unwrap_or_else(PoisonError::into_inner);
-        let err = match attempt {
-            Ok(Ok(stream)) => {
-                failed.remove(&uri.uri);
-                return Ok(stream);
+impl Backends {
+    /// Connects to the first backend that answers, in configured order (recently failed
+    /// ones last). The connect timeout covers the TCP connect, StartTLS and the TLS
+    /// handshake.
+    pub async fn connect(&self, cfg: &BackendConfig) -> Result<BackendStream, Unreachable> {
+        let mut why = String::new();
+        for uri in self.in_trial_order(cfg) {
+            let attempt = tokio::time::timeout(cfg.connect_timeout, self.open(cfg, uri)).await;
+            let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            let err = match attempt {
+                Ok(Ok(stream)) => {
+                    failed.remove(&uri.uri);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {:?}", cfg.connect_timeout),
+            };
+            failed.insert(uri.uri.clone(), Instant::now());
+            drop(failed);
+            tracing::warn!(backend = %uri.uri, "backend connect failed: {err}");
+            if !why.is_empty() {
+                why.push_str("; ");
             }
-            Ok(Err(e)) => e,
-            Err(_) => format!("no answer within {:?}", cfg.connect_timeout),
-        };
-        failed.insert(uri.uri.clone(), Instant::now());
-        drop(failed);
-        tracing::warn!(backend = %uri.uri, "backend connect failed: {err}");
-        if !why.is_empty() {
-            why.push_str("; ");
+            let _ = write!(why, "{}: {err}", uri.uri);
         }
-        let _ = write!(why, "{}: {err}", uri.uri);
+        crate::metrics::backend_connect_failed();
+        Err(Unreachable(why))
     }
-    crate::metrics::backend_connect_failed();
-    Err(Unreachable(why))
-}
 
-/// One connection attempt to `uri`, with TLS when the URI or `backend.starttls` says so.
-async fn open(cfg: &BackendConfig, uri: &BackendUri) -> Result<BackendStream, String> {
-    let mut stream = TcpStream::connect((uri.host.as_str(), uri.port))
-        .await
-        .map_err(|e| e.to_string())?;
-    // Small request/response messages: waiting to coalesce them only adds latency.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(backend = %uri.uri, "set_nodelay: {e}");
+    /// A backend connection bound as the proxy's service account, ready for requests.
+    /// Uses messageID 1 for its bind, right after the connection is made (and secured).
+    pub async fn connect_as_service(
+        &self,
+        cfg: &BackendConfig,
+    ) -> Result<BackendStream, ServiceBindError> {
+        let account = cfg
+            .service
+            .as_ref()
+            .ok_or(ServiceBindError::NotConfigured)?;
+        let mut stream = self.connect(cfg).await?;
+        let request = message::simple_bind_request(1, &account.dn, account.password.as_bytes());
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|e| ServiceBindError::Io(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(512);
+        let reply = read_message(&mut stream, &mut buf)
+            .await
+            .map_err(|e| ServiceBindError::Io(e.to_string()))?;
+        match reply.op {
+            LdapOp::BindResponse(r) if r.res.code == LdapResultCode::Success => Ok(stream),
+            // The directory's diagnostic text ends up in log lines: as data.
+            LdapOp::BindResponse(r) => Err(ServiceBindError::Refused(format!(
+                "{}: {}",
+                proto::code_text(&r.res.code),
+                Untrusted::new(&r.res.message)
+            ))),
+            other => Err(ServiceBindError::Io(format!(
+                "unexpected answer to bind: {}",
+                op_name(&other)
+            ))),
+        }
     }
-    if !uri.ldaps && !cfg.starttls {
-        return Ok(Stream::Plain(stream));
-    }
-    let ca = cfg
-        .ca
-        .as_deref()
-        .ok_or("backend.ca is not set: TLS backends are always verified")?;
-    let config = client_config(ca)?;
-    let name = tls::server_name(&uri.host)?;
-    if !uri.ldaps {
-        start_tls(&mut stream).await?;
-    }
-    let stream = TlsConnector::from(config)
-        .connect(name, stream)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let (_, conn) = stream.get_ref();
-    tracing::debug!(
-        backend = %uri.uri,
-        version = ?conn.protocol_version(),
-        suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
-        "backend TLS established"
-    );
-    Ok(Stream::Tls(Box::new(stream)))
-}
 
-/// Backend TLS configurations by CA file, built once: every session's connection
-/// would otherwise read and parse the CA file again.
-fn client_configs() -> &'static Mutex<HashMap<PathBuf, Arc<ClientConfig>>> {
-    static CONFIGS: OnceLock<Mutex<HashMap<PathBuf, Arc<ClientConfig>>>> = OnceLock::new();
-    CONFIGS.get_or_init(Mutex::default)
-}
-
-fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, String> {
-    if let Some(c) = client_configs()
-        .lock()
-        .ok()
-        .and_then(|m| m.get(ca).cloned())
-    {
-        return Ok(c);
+    /// Makes the next backend connections read `backend.ca` again (SIGHUP).
+    pub fn forget_tls_configs(&self) {
+        self.tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
-    let config = tls::client_config(ca).map_err(|e| format!("backend.ca {e}"))?;
-    if let Ok(mut m) = client_configs().lock() {
-        m.insert(ca.to_owned(), Arc::clone(&config));
-    }
-    Ok(config)
-}
 
-/// Makes the next backend connections read `backend.ca` again (SIGHUP).
-pub fn forget_tls_configs() {
-    if let Ok(mut m) = client_configs().lock() {
-        m.clear();
+    /// The backends in configured order, those that failed within [`DOWN_FOR`] last.
+    fn in_trial_order<'c>(&self, cfg: &'c BackendConfig) -> Vec<&'c BackendUri> {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let down = |u: &BackendUri| failed.get(&u.uri).is_some_and(|t| t.elapsed() < DOWN_FOR);
+        let (up, down): (Vec<&BackendUri>, Vec<&BackendUri>) =
+            cfg.uris.iter().partition(|u| !down(u));
+        up.into_iter().chain(down).collect()
+    }
+
+    /// One connection attempt to `uri`, with TLS when the URI or `backend.starttls` says so.
+    async fn open(&self, cfg: &BackendConfig, uri: &BackendUri) -> Result<BackendStream, String> {
+        let mut stream = TcpStream::connect((uri.host.as_str(), uri.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Small request/response messages: waiting to coalesce them only adds latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(backend = %uri.uri, "set_nodelay: {e}");
+        }
+        if !uri.ldaps && !cfg.starttls {
+            return Ok(Stream::Plain(stream));
+        }
+        let ca = cfg
+            .ca
+            .as_deref()
+            .ok_or("backend.ca is not set: TLS backends are always verified")?;
+        let config = self.client_config(ca)?;
+        let name = tls::server_name(&uri.host)?;
+        if !uri.ldaps {
+            start_tls(&mut stream).await?;
+        }
+        let stream = TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let (_, conn) = stream.get_ref();
+        tracing::debug!(
+            backend = %uri.uri,
+            version = ?conn.protocol_version(),
+            suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+            "backend TLS established"
+        );
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+
+    /// The TLS client configuration for backends signed by `ca`, built on first use.
+    fn client_config(&self, ca: &Path) -> Result<Arc<ClientConfig>, String> {
+        let cached = self
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ca)
+            .cloned();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let config = tls::client_config(ca).map_err(|e| format!("backend.ca {e}"))?;
+        self.tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ca.to_owned(), Arc::clone(&config));
+        Ok(config)
     }
 }
 
@@ -154,7 +198,7 @@ async fn start_tls(stream: &mut TcpStream) -> Result<(), String> {
         .await
         .map_err(|e| format!("StartTLS: {e}"))?;
     let mut buf = BytesMut::with_capacity(256);
-    let reply = read_one(stream, &mut buf)
+    let reply = read_message(stream, &mut buf)
         .await
         .map_err(|e| format!("StartTLS: {e}"))?;
     if !buf.is_empty() {
@@ -168,29 +212,14 @@ async fn start_tls(stream: &mut TcpStream) -> Result<(), String> {
         }
         // The directory's diagnostic text ends up in a log line: as data.
         LdapOp::ExtendedResponse(r) => Err(format!(
-            "StartTLS refused: {:?}: {}",
-            r.res.code,
+            "StartTLS refused: {}: {}",
+            proto::code_text(&r.res.code),
             Untrusted::new(&r.res.message)
         )),
         other => Err(format!(
             "unexpected answer to StartTLS: {}",
             op_name(&other)
         )),
-    }
-}
-
-/// Reads until one whole message is decoded from the front of `buf`.
-async fn read_one<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> Result<LdapMsg, String> {
-    loop {
-        if let Some(m) = decode_one(buf)? {
-            return Ok(m);
-        }
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("backend closed the connection".into());
-        }
     }
 }
 
@@ -217,43 +246,37 @@ pub enum ServiceBindError {
     Io(String),
 }
 
-/// A backend connection bound as the proxy's service account, ready for requests.
-/// Uses messageID 1 for its bind, right after the connection is made (and secured).
-pub async fn connect_as_service(cfg: &BackendConfig) -> Result<BackendStream, ServiceBindError> {
-    let account = cfg
-        .service
-        .as_ref()
-        .ok_or(ServiceBindError::NotConfigured)?;
-    let mut stream = connect(cfg).await?;
-    let request = message::simple_bind_request(1, &account.dn, account.password.as_bytes());
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| ServiceBindError::Io(e.to_string()))?;
-    let mut buf = BytesMut::with_capacity(512);
-    let reply = read_one(&mut stream, &mut buf)
-        .await
-        .map_err(ServiceBindError::Io)?;
-    match reply.op {
-        LdapOp::BindResponse(r) if r.res.code == LdapResultCode::Success => Ok(stream),
-        // The directory's diagnostic text ends up in log lines: as data.
-        LdapOp::BindResponse(r) => Err(ServiceBindError::Refused(format!(
-            "{:?}: {}",
-            r.res.code,
-            Untrusted::new(&r.res.message)
-        ))),
-        other => Err(ServiceBindError::Io(format!(
-            "unexpected answer to bind: {}",
-            op_name(&other)
-        ))),
-    }
+/// Why no whole message could be read from the directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("the directory closed the connection")]
+    Closed,
+    #[error("undecodable message from backend: {0}")]
+    Undecodable(String),
 }
 
-/// Decodes one complete message from the front of `buf`, if there is one.
-pub fn decode_one(buf: &mut BytesMut) -> Result<Option<LdapMsg>, String> {
+/// Reads from `stream` into `buf` until one whole message is decoded from the front of
+/// `buf`; the bytes after it stay in `buf` for the next call. For the proxy's own
+/// exchanges with the directory (service bind, StartTLS, lookups, checks), never for
+/// relayed traffic, which is not decoded.
+pub async fn read_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<LdapMsg, ReadError> {
     // Backend answers to the proxy's own requests are small, but entries may carry
     // large attributes: allow what a client may send.
-    LdapCodec::new(Some(crate::config::DEFAULT_MAX_MESSAGE_SIZE * 8), None)
-        .decode(buf)
-        .map_err(|e| format!("undecodable message from backend: {e}"))
+    let mut codec = LdapCodec::new(Some(crate::config::DEFAULT_MAX_MESSAGE_SIZE * 8), None);
+    loop {
+        if let Some(m) = codec
+            .decode(buf)
+            .map_err(|e| ReadError::Undecodable(e.to_string()))?
+        {
+            return Ok(m);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
 }

@@ -5,8 +5,15 @@
 //! octets, and (through [`Reader::end`]) elements left over inside a SEQUENCE. Long-form
 //! lengths that could have been written shorter are read for what they say: their
 //! meaning is not in doubt, and whatever the proxy passes on is encoded again by [`write_header`].
+//!
+//! It is the proxy's one BER decoder: [`crate::frame`] finds message boundaries with its
+//! [`length`], [`crate::message`] and [`crate::bind_request`] read elements with it.
 
-use crate::frame::FrameError;
+/// Bytes that are not the BER the reader expected; says what was wrong. A message that
+/// holds them is malformed ([`crate::frame::FrameError::Malformed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub &'static str);
 
 /// One element: its tag byte and its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +28,7 @@ pub struct Reader<'a> {
     rest: &'a [u8],
 }
 
-const MALFORMED: FrameError = FrameError::Malformed("bad element inside the message");
+const MALFORMED: Malformed = Malformed("bad element inside the message");
 
 impl<'a> Reader<'a> {
     pub fn new(content: &'a [u8]) -> Self {
@@ -39,14 +46,14 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next element.
-    pub fn read(&mut self) -> Result<Tlv<'a>, FrameError> {
+    pub fn read(&mut self) -> Result<Tlv<'a>, Malformed> {
         let (tlv, used) = element(self.rest)?;
         self.rest = &self.rest[used..];
         Ok(tlv)
     }
 
     /// Reads the next element, which must have `tag`; returns its content.
-    pub fn expect(&mut self, tag: u8) -> Result<&'a [u8], FrameError> {
+    pub fn expect(&mut self, tag: u8) -> Result<&'a [u8], Malformed> {
         let tlv = self.read()?;
         if tlv.tag != tag {
             return Err(MALFORMED);
@@ -55,7 +62,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next element if it has `tag`.
-    pub fn optional(&mut self, tag: u8) -> Result<Option<&'a [u8]>, FrameError> {
+    pub fn optional(&mut self, tag: u8) -> Result<Option<&'a [u8]>, Malformed> {
         if self.peek_tag() == Some(tag) {
             self.expect(tag).map(Some)
         } else {
@@ -65,22 +72,20 @@ impl<'a> Reader<'a> {
 
     /// Fails when elements are left: a structure with extra elements is not the one the
     /// proxy read, whatever another decoder would make of it.
-    pub fn end(self) -> Result<(), FrameError> {
+    pub fn end(self) -> Result<(), Malformed> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(FrameError::Malformed(
-                "unexpected elements at the end of a structure",
-            ))
+            Err(Malformed("unexpected elements at the end of a structure"))
         }
     }
 }
 
 /// The element at the start of `buf` and the bytes it takes.
-pub fn element(buf: &[u8]) -> Result<(Tlv<'_>, usize), FrameError> {
+pub fn element(buf: &[u8]) -> Result<(Tlv<'_>, usize), Malformed> {
     let (&tag, rest) = buf.split_first().ok_or(MALFORMED)?;
     if tag & 0x1f == 0x1f {
-        return Err(FrameError::Malformed("multi-octet tag"));
+        return Err(Malformed("multi-octet tag"));
     }
     let (len, len_octets) = length(rest)?.ok_or(MALFORMED)?;
     let start = 1 + len_octets;
@@ -100,7 +105,7 @@ pub fn element(buf: &[u8]) -> Result<(Tlv<'_>, usize), FrameError> {
 /// Decodes a definite BER length: `Ok(None)` when `buf` ends before it does, otherwise
 /// (length, octets used). Indefinite lengths and lengths of more than four octets are
 /// refused.
-pub fn length(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
+pub fn length(buf: &[u8]) -> Result<Option<(usize, usize)>, Malformed> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -109,10 +114,10 @@ pub fn length(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
     }
     let n = (first & 0x7f) as usize;
     if n == 0 {
-        return Err(FrameError::Malformed("indefinite length"));
+        return Err(Malformed("indefinite length"));
     }
     if n > 4 {
-        return Err(FrameError::Malformed("length field too long"));
+        return Err(Malformed("length field too long"));
     }
     if buf.len() < 1 + n {
         return Ok(None);
@@ -124,9 +129,9 @@ pub fn length(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
 }
 
 /// An INTEGER's value (two's complement, at most eight octets).
-pub fn integer(content: &[u8]) -> Result<i64, FrameError> {
+pub fn integer(content: &[u8]) -> Result<i64, Malformed> {
     if content.is_empty() || content.len() > 8 {
-        return Err(FrameError::Malformed("bad INTEGER"));
+        return Err(Malformed("bad INTEGER"));
     }
     let negative = content[0] & 0x80 != 0;
     let init: i64 = if negative { -1 } else { 0 };
@@ -136,10 +141,10 @@ pub fn integer(content: &[u8]) -> Result<i64, FrameError> {
 }
 
 /// A BOOLEAN's value: one content octet, zero is FALSE (X.690 §8.2).
-pub fn boolean(content: &[u8]) -> Result<bool, FrameError> {
+pub fn boolean(content: &[u8]) -> Result<bool, Malformed> {
     match content {
         [b] => Ok(*b != 0),
-        _ => Err(FrameError::Malformed("bad BOOLEAN")),
+        _ => Err(Malformed("bad BOOLEAN")),
     }
 }
 

@@ -10,13 +10,12 @@
 //! on the client's spelling of its DN: scope, route, identity, the guard and coalescing
 //! all see one identity per entry.
 
-use crate::backend;
-use crate::backend::BackendStream;
+use crate::backend::{BackendStream, Backends};
 use crate::bind_request::{sasl_mechanism, BindRequest, Credentials};
 use crate::config::{Config, IdMap, Insecure, MissingSuffix, Route, Unmatched};
 use crate::dn::Dn;
 use crate::lookup::{Entry, LookupConn, LookupError, LookupPool};
-use crate::pam_gate::{Attempt, PamGate, Rejection};
+use crate::pam_gate::{Attempt, PamGate, Rejection, Submit};
 use crate::pam_pool::{PamOutcome, TicketResult};
 use crate::proto::LdapError;
 use crate::secret::Password;
@@ -266,11 +265,11 @@ pub fn missing_suffixes(config: &Config, contexts: &[Dn]) -> Vec<String> {
 
 /// Applies `missing_suffix` (DESIGN §2 step 2) against the live directory: `Err` names
 /// the missing suffixes under `error`; `allow` logs them; `ignore` does not look.
-pub async fn check_suffixes(config: &Config) -> Result<(), String> {
+pub async fn check_suffixes(config: &Config, backends: &Backends) -> Result<(), String> {
     if config.bind.missing_suffix == MissingSuffix::Ignore {
         return Ok(());
     }
-    let contexts = match crate::lookup::naming_contexts(&config.backend).await {
+    let contexts = match crate::lookup::naming_contexts(backends, &config.backend).await {
         Ok(c) => c
             .iter()
             .filter_map(|c| Dn::parse(c).ok())
@@ -645,10 +644,10 @@ pub struct Trail {
 
 /// Steps 1–10 for a bind [`first_look`] left to the proxy: resolve the entry, plan, PAM,
 /// and on success a service-bound backend connection.
-pub async fn authenticate(
+pub async fn authenticate<P: Submit>(
     config: &Config,
     lookup: &LookupPool,
-    gate: &PamGate,
+    gate: &PamGate<P>,
     bind: SimpleBind,
     client: IpAddr,
     tls: bool,
@@ -767,7 +766,7 @@ pub async fn authenticate(
     }
     // The session will act as this user through the service account: get that
     // connection now, so a success is only reported when it can be honoured.
-    match backend::connect_as_service(&config.backend).await {
+    match lookup.backends().connect_as_service(&config.backend).await {
         Ok(link) => (Outcome::Bound { link, dn: entry.dn }, trail),
         Err(e) => {
             trail.detail = Some(format!("PAM success, but {e}"));

@@ -20,7 +20,7 @@
 //! operational); an attribute no sampled entry allows is asked about on 389's template
 //! entry for `extensibleObject` at the scope base, which allows every attribute.
 
-use crate::backend::{self, BackendStream, ServiceBindError};
+use crate::backend::{self, BackendStream, Backends, ServiceBindError};
 use crate::bind::{self, Triage};
 use crate::config::{Config, IdMap, Route};
 use crate::dn::Dn;
@@ -34,7 +34,7 @@ use ldap3_proto::proto::{
 };
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// 389's Get Effective Rights request control.
 pub const OID_GET_EFFECTIVE_RIGHTS: &str = "1.3.6.1.4.1.42.2.27.9.5.2";
@@ -68,8 +68,8 @@ pub struct RootDse {
 }
 
 /// Runs every directory check for `config`. `Ok` holds the warnings to log.
-pub async fn run(config: &Config) -> Result<Vec<String>, DirCheckError> {
-    let dse = match root_dse(config).await {
+pub async fn run(config: &Config, backends: &Backends) -> Result<Vec<String>, DirCheckError> {
+    let dse = match root_dse(config, backends).await {
         Ok(dse) => dse,
         // Without routes only the SASL warning depends on it: not worth refusing a start.
         Err(DirCheckError::Failed(why)) if config.routes.is_empty() => {
@@ -80,17 +80,18 @@ pub async fn run(config: &Config) -> Result<Vec<String>, DirCheckError> {
         Err(e) => return Err(e),
     };
     let mut warnings: Vec<String> = sasl_warning(&dse.sasl_mechanisms).into_iter().collect();
-    warnings.extend(check_rights(config, &dse).await?);
+    warnings.extend(check_rights(config, backends, &dse).await?);
     Ok(warnings)
 }
 
 /// Reads `namingContexts` and `supportedSASLMechanisms` from the root DSE, as the
 /// service account when there is one (a directory may refuse anonymous reads), else
 /// anonymously.
-pub async fn root_dse(config: &Config) -> Result<RootDse, DirCheckError> {
+pub async fn root_dse(config: &Config, backends: &Backends) -> Result<RootDse, DirCheckError> {
     let stream = match &config.backend.service {
-        Some(_) => service_connection(config).await?,
-        None => backend::connect(&config.backend)
+        Some(_) => service_connection(config, backends).await?,
+        None => backends
+            .connect(&config.backend)
             .await
             .map_err(|e| DirCheckError::Unreachable(e.to_string()))?,
     };
@@ -105,8 +106,8 @@ pub async fn root_dse(config: &Config) -> Result<RootDse, DirCheckError> {
     let answer = conn.ask(request).await?;
     if answer.code != LdapResultCode::Success {
         return Err(DirCheckError::Failed(format!(
-            "the directory refused to read its root DSE: {:?}: {}",
-            answer.code,
+            "the directory refused to read its root DSE: {}: {}",
+            proto::code_text(&answer.code),
             Untrusted::new(&answer.message)
         )));
     }
@@ -227,7 +228,11 @@ struct Verdict {
 
 /// The Get Effective Rights check. `Ok` holds warnings; `Err(Failed)` names each route,
 /// attribute and entry whose rights are missing.
-pub async fn check_rights(config: &Config, dse: &RootDse) -> Result<Vec<String>, DirCheckError> {
+pub async fn check_rights(
+    config: &Config,
+    backends: &Backends,
+    dse: &RootDse,
+) -> Result<Vec<String>, DirCheckError> {
     if config.routes.is_empty() {
         return Ok(Vec::new());
     }
@@ -259,7 +264,7 @@ pub async fn check_rights(config: &Config, dse: &RootDse) -> Result<Vec<String>,
         }
     }
 
-    let mut conn = Conn::new(service_connection(config).await?);
+    let mut conn = Conn::new(service_connection(config, backends).await?);
     let subject = format!("dn:{}", account.dn);
 
     // verdicts[route][attribute index]
@@ -382,8 +387,12 @@ pub async fn check_rights(config: &Config, dse: &RootDse) -> Result<Vec<String>,
 }
 
 /// A connection bound as the service account; a refused bind is the directory's answer.
-async fn service_connection(config: &Config) -> Result<BackendStream, DirCheckError> {
-    backend::connect_as_service(&config.backend)
+async fn service_connection(
+    config: &Config,
+    backends: &Backends,
+) -> Result<BackendStream, DirCheckError> {
+    backends
+        .connect_as_service(&config.backend)
         .await
         .map_err(|e| match e {
             ServiceBindError::Refused(why) => {
@@ -490,7 +499,8 @@ impl Answer {
                 "the directory does not support the Get Effective Rights control ({OID_GET_EFFECTIVE_RIGHTS}), so the service account's rights on route filter attributes cannot be checked (searched {base})"
             ))),
             ref other => Err(DirCheckError::Failed(format!(
-                "the directory refused the effective-rights search of {base}: {other:?}: {}",
+                "the directory refused the effective-rights search of {base}: {}: {}",
+                proto::code_text(other),
                 Untrusted::new(&self.message)
             ))),
         }
@@ -536,18 +546,9 @@ impl Conn {
             .map_err(|e| lost(e.to_string()))?;
         let mut entries = Vec::new();
         loop {
-            let Some(msg) = backend::decode_one(&mut self.buf).map_err(lost)? else {
-                if self
-                    .stream
-                    .read_buf(&mut self.buf)
-                    .await
-                    .map_err(|e| lost(e.to_string()))?
-                    == 0
-                {
-                    return Err(lost("closed by the directory".into()));
-                }
-                continue;
-            };
+            let msg = backend::read_message(&mut self.stream, &mut self.buf)
+                .await
+                .map_err(|e| lost(e.to_string()))?;
             if msg.msgid != id {
                 continue;
             }

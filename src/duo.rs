@@ -14,9 +14,9 @@
 //!   comments, sections and the settings every version accepts): pam_duo stops at such
 //!   a line with the failmode read so far, `safe`.
 
-use crate::check;
 use crate::config::{Config, DuoConfigCheck};
 use crate::logsafe::Untrusted;
+use crate::pam_service;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -108,7 +108,7 @@ impl fmt::Display for DuoProblem {
 }
 
 /// The pam_duo problems of `routes` (route name, PAM service), PAM services looked up in
-/// `dirs` (see [`check::pam_service_dirs`]). A missing service is followed as Linux-PAM
+/// `dirs` (see [`pam_service::pam_service_dirs`]). A missing service is followed as Linux-PAM
 /// does: through `other`.
 pub fn check_routes<'a>(
     routes: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -133,7 +133,7 @@ pub fn check_routes<'a>(
 /// At start and on reload: the pam_duo check of `config`'s routes. `Err` lists the
 /// problems under `duo_config_check = "enforce"`; under `"warn"` they are logged.
 pub fn apply(config: &Config) -> Result<(), String> {
-    let dirs = check::pam_service_dirs();
+    let dirs = pam_service::pam_service_dirs();
     let problems = check_routes(
         config
             .routes
@@ -165,8 +165,8 @@ pub fn apply(config: &Config) -> Result<(), String> {
 /// Every pam_duo line in the `auth` stack of `service`, following `@include`, and the
 /// `include` and `substack` controls, in stack order.
 pub fn duo_modules(service: &str, dirs: &[PathBuf]) -> Vec<DuoModule> {
-    let file =
-        check::find_pam_service(service, dirs).or_else(|| check::find_pam_service("other", dirs));
+    let file = pam_service::find_pam_service(service, dirs)
+        .or_else(|| pam_service::find_pam_service("other", dirs));
     let mut found = Vec::new();
     if let Some(file) = file {
         follow(&file, dirs, 0, &mut found);

@@ -6,13 +6,17 @@
 //! The bind is taken to arrive over TLS, so a secure route shows the PAM transaction it
 //! leads to; what a clear connection would get instead is its own line.
 
+use crate::backend::Backends;
 use crate::bind::{self, NotOurs, Plan, Resolved, SimpleBind, Triage};
 use crate::config::{Config, IdMap, Insecure, Route};
 use crate::dn::{Dn, DnError};
 use crate::logsafe::Untrusted;
 use crate::lookup::{LookupError, LookupPool};
+use crate::proto::code_text;
 use crate::secret::Password;
-use crate::{check, dircheck, duo};
+use crate::{dircheck, duo, pam_service};
+use ldap3_proto::proto::LdapResultCode;
+use std::sync::Arc;
 
 /// `explain` could not decide.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +28,10 @@ pub enum ExplainError {
         source: DnError,
     },
     #[error(
-        "cannot look up {} in the directory: {} (a bind now would get unavailable (52))",
+        "cannot look up {} in the directory: {} (a bind now would get {})",
         Untrusted::new(.dn),
-        Untrusted::new(&.source.to_string())
+        Untrusted::new(&.source.to_string()),
+        code_text(&LdapResultCode::Unavailable)
     )]
     Lookup {
         dn: String,
@@ -40,32 +45,21 @@ pub enum ExplainError {
 /// As [`explain`], on a runtime of its own with a fresh lookup pool (for the CLI). Also
 /// logs a warning when the directory advertises password SASL mechanisms.
 pub fn explain_blocking(config: &Config, dn: &str) -> Result<Vec<String>, ExplainError> {
+    let backends = Arc::new(Backends::default());
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ExplainError::Runtime)?
         .block_on(async {
-            let lines = explain(config, &LookupPool::default(), dn).await?;
-            if let Ok(dse) = dircheck::root_dse(config).await {
+            let lookup = LookupPool::new(Arc::clone(&backends));
+            let lines = explain(config, &lookup, dn).await?;
+            if let Ok(dse) = dircheck::root_dse(config, &backends).await {
                 if let Some(warning) = dircheck::sasl_warning(&dse.sasl_mechanisms) {
                     tracing::warn!("{warning}");
                 }
             }
             Ok(lines)
         })
-}
-
-fn code_name(code: &ldap3_proto::proto::LdapResultCode) -> String {
-    use ldap3_proto::proto::LdapResultCode as C;
-    let (name, n) = match code {
-        C::InvalidCredentials => ("invalidCredentials", 49),
-        C::UnwillingToPerform => ("unwillingToPerform", 53),
-        C::ConfidentialityRequired => ("confidentialityRequired", 13),
-        C::NoSuchObject => ("noSuchObject", 32),
-        C::Unavailable => ("unavailable", 52),
-        other => return format!("{other:?}"),
-    };
-    format!("{name} ({n})")
 }
 
 /// The facts that decide a simple bind as `dn` (with a non-empty password), one per
@@ -218,14 +212,16 @@ pub async fn explain(
 fn describe_route(config: &Config, route: &Route, resolved: &Resolved, out: &mut Vec<String>) {
     out.push(format!("route: {} (the first that matches)", route.name));
     out.push(format!("pam service: {}", route.pam_service));
-    let dirs = check::pam_service_dirs();
-    out.push(match check::find_pam_service(&route.pam_service, &dirs) {
-        Some(p) => format!("pam service file: {}", p.display()),
-        None => format!(
-            "pam service file: MISSING: {}",
-            check::missing_service_explanation(&route.pam_service, &dirs)
-        ),
-    });
+    let dirs = pam_service::pam_service_dirs();
+    out.push(
+        match pam_service::find_pam_service(&route.pam_service, &dirs) {
+            Some(p) => format!("pam service file: {}", p.display()),
+            None => format!(
+                "pam service file: MISSING: {}",
+                pam_service::missing_service_explanation(&route.pam_service, &dirs)
+            ),
+        },
+    );
     for module in duo::duo_modules(&route.pam_service, &dirs) {
         out.push(format!(
             "pam_duo: {}:{} reads {}: {}",
@@ -262,7 +258,7 @@ fn describe_route(config: &Config, route: &Route, resolved: &Resolved, out: &mut
             (false, _) => "no: PAM also on clear connections".to_owned(),
             (true, Insecure::Reject) => format!(
                 "yes: LDAPS or StartTLS only; on a clear connection the bind gets {} before PAM",
-                code_name(&ldap3_proto::proto::LdapResultCode::ConfidentialityRequired)
+                code_text(&LdapResultCode::ConfidentialityRequired)
             ),
             (true, Insecure::Forward) => "yes: on a clear connection the bind is forwarded to the directory's own password check (insecure = \"forward\", as 389)".to_owned(),
         }
@@ -283,7 +279,7 @@ fn push_plan_end(config: &Config, plan: Plan, out: &mut Vec<String>) {
         Plan::Forward(why) => out.push(format!("decision: forward to the directory ({why})")),
         Plan::Reject { err, detail } => out.push(format!(
             "decision: reject with {}: {} ({detail})",
-            code_name(&err.code),
+            code_text(&err.code),
             err.message
         )),
         Plan::Pam { route, identities } => {

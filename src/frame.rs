@@ -2,6 +2,8 @@
 //! and its protocolOp tag. Relayed traffic is never decoded further, so controls and
 //! operations the proxy does not know pass through byte for byte.
 
+use crate::ber;
+
 /// protocolOp tags (RFC 4511 §4.2–4.14, APPLICATION class).
 pub mod op {
     pub const BIND_REQUEST: u8 = 0x60;
@@ -88,6 +90,12 @@ pub enum FrameError {
     Malformed(&'static str),
 }
 
+impl From<ber::Malformed> for FrameError {
+    fn from(m: ber::Malformed) -> Self {
+        FrameError::Malformed(m.0)
+    }
+}
+
 /// Reads the envelope at the start of `buf`.
 ///
 /// Returns `Ok(None)` while more bytes are needed to see the messageID and protocolOp tag;
@@ -100,7 +108,7 @@ pub fn peek(buf: &[u8], limit: usize) -> Result<Option<Envelope>, FrameError> {
     if tag != 0x30 {
         return Err(FrameError::Malformed("not a SEQUENCE"));
     }
-    let Some((body_len, header)) = length(&buf[1..])? else {
+    let Some((body_len, header)) = ber::length(&buf[1..])? else {
         return Ok(None);
     };
     let header = header + 1;
@@ -154,30 +162,6 @@ fn incomplete_or(
     } else {
         Ok(None)
     }
-}
-
-/// Decodes a definite BER length; returns (length, octets used).
-fn length(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    if first < 0x80 {
-        return Ok(Some((first as usize, 1)));
-    }
-    let n = (first & 0x7f) as usize;
-    if n == 0 {
-        return Err(FrameError::Malformed("indefinite length"));
-    }
-    if n > 4 {
-        return Err(FrameError::Malformed("length field too long"));
-    }
-    if buf.len() < 1 + n {
-        return Ok(None);
-    }
-    let len = buf[1..=n]
-        .iter()
-        .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-    Ok(Some((len, 1 + n)))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! attributes), then one base search per candidate route filter, on a connection from a
 //! small shared pool of service-bound connections.
 
-use crate::backend::{self, BackendStream, ServiceBindError};
+use crate::backend::{self, BackendStream, Backends, ServiceBindError};
 use crate::config::{BackendConfig, Route};
 use crate::proto;
 use bytes::BytesMut;
@@ -15,9 +15,9 @@ use ldap3_proto::proto::{
     LdapSearchScope,
 };
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// At most this many lookup connections; more lookups wait for one.
@@ -64,6 +64,8 @@ pub enum LookupError {
 pub struct LookupPool {
     idle: Mutex<Vec<Conn>>,
     slots: Semaphore,
+    /// Where its connections come from.
+    backends: Arc<Backends>,
 }
 
 struct Conn {
@@ -72,16 +74,22 @@ struct Conn {
     next_id: i32,
 }
 
-impl Default for LookupPool {
-    fn default() -> Self {
+impl LookupPool {
+    /// An empty pool whose connections `backends` makes.
+    pub fn new(backends: Arc<Backends>) -> Self {
         LookupPool {
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(POOL_SIZE),
+            backends,
         }
     }
-}
 
-impl LookupPool {
+    /// Where the pool's connections come from: also where a bind that succeeded gets its
+    /// service-bound connection.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
     /// A service-bound connection from the pool (or a new one), for one bind's questions.
     pub async fn conn<'p>(&'p self, cfg: &'p BackendConfig) -> Result<LookupConn<'p>, LookupError> {
         let slot = self
@@ -170,7 +178,7 @@ impl LookupConn<'_> {
             None => {
                 self.reused = false;
                 Conn {
-                    stream: backend::connect_as_service(self.cfg).await?,
+                    stream: self.pool.backends.connect_as_service(self.cfg).await?,
                     buf: BytesMut::with_capacity(4096),
                     next_id: 1,
                 }
@@ -218,15 +226,9 @@ impl Conn {
             .map_err(io)?;
         let mut found = None;
         loop {
-            let msg = match backend::decode_one(&mut self.buf).map_err(LookupError::Io)? {
-                Some(m) => m,
-                None => {
-                    if self.stream.read_buf(&mut self.buf).await.map_err(io)? == 0 {
-                        return Err(LookupError::Io("directory closed the connection".into()));
-                    }
-                    continue;
-                }
-            };
+            let msg = backend::read_message(&mut self.stream, &mut self.buf)
+                .await
+                .map_err(|e| LookupError::Io(e.to_string()))?;
             if msg.msgid != id {
                 // Referrals and notices: not something a lookup can use.
                 continue;
@@ -252,7 +254,8 @@ impl Conn {
                         LdapResultCode::Success => Ok(found),
                         LdapResultCode::NoSuchObject => Ok(None),
                         other => Err(LookupError::Refused(format!(
-                            "{other:?}: {}",
+                            "{}: {}",
+                            proto::code_text(&other),
                             crate::logsafe::Untrusted::new(&r.message)
                         ))),
                     };
@@ -280,11 +283,14 @@ fn base_search(msgid: i32, dn: &str, filter: LdapFilter, attrs: Vec<String>) -> 
 }
 
 /// The directory's naming contexts (root DSE `namingContexts`), read anonymously.
-pub async fn naming_contexts(cfg: &BackendConfig) -> Result<Vec<String>, LookupError> {
-    let mut stream = backend::connect(cfg)
+pub async fn naming_contexts(
+    backends: &Backends,
+    cfg: &BackendConfig,
+) -> Result<Vec<String>, LookupError> {
+    let mut stream = backends
+        .connect(cfg)
         .await
         .map_err(|e| LookupError::Connect(e.into()))?;
-    let io = |e: std::io::Error| LookupError::Io(e.to_string());
     let request = proto::encode(base_search(
         1,
         "",
@@ -292,16 +298,16 @@ pub async fn naming_contexts(cfg: &BackendConfig) -> Result<Vec<String>, LookupE
         vec!["namingContexts".into()],
     ));
     let run = async {
-        stream.write_all(&request).await.map_err(io)?;
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|e| LookupError::Io(e.to_string()))?;
         let mut buf = BytesMut::with_capacity(4096);
         let mut contexts = Vec::new();
         loop {
-            let Some(msg) = backend::decode_one(&mut buf).map_err(LookupError::Io)? else {
-                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
-                    return Err(LookupError::Io("directory closed the connection".into()));
-                }
-                continue;
-            };
+            let msg = backend::read_message(&mut stream, &mut buf)
+                .await
+                .map_err(|e| LookupError::Io(e.to_string()))?;
             match msg.op {
                 LdapOp::SearchResultEntry(e) => contexts.extend(
                     e.attributes

@@ -2,7 +2,9 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use ldap_pam_proxy::backend::Backends;
 use ldap_pam_proxy::config::Config;
+use ldap_pam_proxy::context::{config_id, Shared};
 use ldap_pam_proxy::dircheck::{self, DirCheckError};
 use ldap_pam_proxy::{duo, metrics, server};
 use std::io::IsTerminal;
@@ -176,7 +178,9 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     .context("cannot start the async runtime")?;
 
     runtime.block_on(async {
-        ldap_pam_proxy::bind::check_suffixes(&config)
+        // The start-up checks and the proxy share what they learn about backends.
+        let backends = Arc::new(Backends::default());
+        ldap_pam_proxy::bind::check_suffixes(&config, &backends)
             .await
             .map_err(anyhow::Error::msg)?;
         duo::apply(&config).map_err(anyhow::Error::msg)?;
@@ -185,15 +189,15 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
         }
         // A directory that answers with a problem stops the start; one that cannot be
         // asked does not (the proxy must start while the directory is down).
-        let pending =
-            server::directory_outcome(dircheck::run(&config).await).map_err(anyhow::Error::msg)?;
+        let pending = server::directory_outcome(dircheck::run(&config, &backends).await)
+            .map_err(anyhow::Error::msg)?;
         let listeners = server::bind(&config).await?;
         let shared = Arc::new(
-            server::Shared::new(config, path.to_owned()).context("cannot start the proxy")?,
+            Shared::new(config, path.to_owned(), backends).context("cannot start the proxy")?,
         );
         shared
             .health
-            .set_directory(server::config_id(&shared.config()), pending);
+            .set_directory(config_id(&shared.config()), pending);
         // Handlers go in before the proxy says it listens, so a signal sent from then on
         // is never the default action (SIGHUP would end the process).
         let signals = Signals::install().context("cannot install signal handlers")?;
@@ -219,7 +223,7 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`, and watches the backend for them.
-async fn start_metrics(addr: SocketAddr, shared: &Arc<server::Shared>) -> anyhow::Result<()> {
+async fn start_metrics(addr: SocketAddr, shared: &Arc<Shared>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
@@ -241,18 +245,20 @@ async fn start_metrics(addr: SocketAddr, shared: &Arc<server::Shared>) -> anyhow
 /// Every few seconds: with metrics served (`probe`), whether a backend accepts
 /// connections, for `/readyz` and the `ldap_pam_proxy_backend_up` gauge; and while the
 /// directory checks of the configuration in force have not passed, those checks again.
-async fn watch_directory(shared: Arc<server::Shared>, probe: bool) {
+async fn watch_directory(shared: Arc<Shared>, probe: bool) {
     loop {
         if probe {
-            let up = ldap_pam_proxy::backend::connect(&shared.config().backend)
+            let up = shared
+                .backends
+                .connect(&shared.config().backend)
                 .await
                 .is_ok();
             shared.health.set_backend_up(up);
         }
         if shared.health.directory_problem().is_some() {
             let config = shared.config();
-            let id = server::config_id(&config);
-            match dircheck::run(&config).await {
+            let id = config_id(&config);
+            match dircheck::run(&config, &shared.backends).await {
                 Ok(warnings) => {
                     if shared.health.update_directory(id, None) {
                         for w in warnings {
@@ -294,7 +300,7 @@ impl Signals {
     }
 
     /// Reloads on each SIGHUP; cancels `shutdown` on the first SIGTERM or SIGINT.
-    async fn run(mut self, shared: Arc<server::Shared>, shutdown: CancellationToken) {
+    async fn run(mut self, shared: Arc<Shared>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => {

@@ -9,6 +9,7 @@
 //! controls). Whatever this module cannot read exactly is an error, so the session
 //! refuses it instead of relaying something the directory would read differently.
 
+use crate::ber;
 use crate::frame::{op, Envelope, FrameError};
 
 /// One BER element: its tag byte and content.
@@ -22,44 +23,12 @@ struct Tlv<'a> {
 
 const MALFORMED: FrameError = FrameError::Malformed("bad element inside the message");
 
-/// Reads the complete element at the start of `buf` (single-octet tags, definite lengths).
+/// Reads the complete element at the start of `buf` with [`ber::element`]. Whatever
+/// makes an element unreadable, this module reports it the same way: the message is
+/// refused either way, and its diagnostic need not say more.
 fn tlv(buf: &[u8]) -> Result<Tlv<'_>, FrameError> {
-    let (&tag, rest) = buf.split_first().ok_or(MALFORMED)?;
-    if tag & 0x1f == 0x1f {
-        return Err(MALFORMED);
-    }
-    let (&first, rest) = rest.split_first().ok_or(MALFORMED)?;
-    let (len, hdr) = if first < 0x80 {
-        (first as usize, 2)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return Err(MALFORMED);
-        }
-        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
-        (len, 2 + n)
-    };
-    let end = hdr.checked_add(len).ok_or(MALFORMED)?;
-    if buf.len() < end {
-        return Err(MALFORMED);
-    }
-    Ok(Tlv {
-        tag,
-        content: &buf[hdr..end],
-        len: end,
-    })
-}
-
-fn push_header(out: &mut Vec<u8>, tag: u8, len: usize) {
-    out.push(tag);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = (len as u32).to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (4 - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
+    let (ber::Tlv { tag, content }, len) = ber::element(buf).map_err(|_| MALFORMED)?;
+    Ok(Tlv { tag, content, len })
 }
 
 /// The parts of an LDAPMessage: messageID and protocolOp elements, and the content of
@@ -154,10 +123,7 @@ fn control_at(element: Tlv<'_>) -> Result<Control<'_>, FrameError> {
         let boolean = tlv(rest)?;
         // BER: one content octet, zero is FALSE and anything else TRUE (as liblber
         // reads it); other lengths are refused.
-        let [octet] = boolean.content else {
-            return Err(BAD_CONTROL);
-        };
-        critical = *octet != 0;
+        critical = ber::boolean(boolean.content).map_err(|_| BAD_CONTROL)?;
         rest = &rest[boolean.len..];
     }
     let mut value = None;
@@ -231,12 +197,12 @@ pub fn with_control(msg: &[u8], control: &[u8]) -> Result<Vec<u8>, FrameError> {
     let existing = p.controls.unwrap_or_default();
     let controls_len = existing.len() + control.len();
     let mut controls = Vec::with_capacity(controls_len + 6);
-    push_header(&mut controls, 0xa0, controls_len);
+    ber::write_header(&mut controls, 0xa0, controls_len);
     controls.extend_from_slice(control);
     controls.extend_from_slice(existing);
     let body_len = p.id_and_op.len() + controls.len();
     let mut out = Vec::with_capacity(body_len + 6);
-    push_header(&mut out, 0x30, body_len);
+    ber::write_header(&mut out, 0x30, body_len);
     out.extend_from_slice(p.id_and_op);
     out.extend_from_slice(&controls);
     Ok(out)
@@ -245,17 +211,17 @@ pub fn with_control(msg: &[u8], control: &[u8]) -> Result<Vec<u8>, FrameError> {
 /// A DER-encoded control.
 pub fn control(oid: &str, critical: bool, value: Option<&[u8]>) -> Vec<u8> {
     let mut inner = Vec::new();
-    push_header(&mut inner, 0x04, oid.len());
+    ber::write_header(&mut inner, 0x04, oid.len());
     inner.extend_from_slice(oid.as_bytes());
     if critical {
         inner.extend_from_slice(&[0x01, 0x01, 0xff]);
     }
     if let Some(v) = value {
-        push_header(&mut inner, 0x04, v.len());
+        ber::write_header(&mut inner, 0x04, v.len());
         inner.extend_from_slice(v);
     }
     let mut out = Vec::with_capacity(inner.len() + 6);
-    push_header(&mut out, 0x30, inner.len());
+    ber::write_header(&mut out, 0x30, inner.len());
     out.extend_from_slice(&inner);
     out
 }
@@ -263,28 +229,15 @@ pub fn control(oid: &str, critical: bool, value: Option<&[u8]>) -> Vec<u8> {
 /// A simple BindRequest, encoded by hand so the password is only ever in a buffer that
 /// is wiped when dropped.
 pub fn simple_bind_request(msgid: i32, dn: &str, password: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
-    let id = msgid.to_be_bytes();
-    let skip = id.iter().take_while(|b| **b == 0).count().min(3);
-    let id = &id[skip..];
-    let id = if id[0] & 0x80 != 0 {
-        [&[0u8][..], id].concat()
-    } else {
-        id.to_vec()
-    };
     let mut op = zeroize::Zeroizing::new(Vec::with_capacity(dn.len() + password.len() + 16));
-    op.extend_from_slice(&[0x02, 0x01, 0x03]);
-    push_header(&mut op, 0x04, dn.len());
-    op.extend_from_slice(dn.as_bytes());
-    push_header(&mut op, 0x80, password.len());
-    op.extend_from_slice(password);
+    ber::write_integer(&mut op, 3);
+    ber::write(&mut op, 0x04, dn.as_bytes());
+    ber::write(&mut op, 0x80, password);
     let mut body = zeroize::Zeroizing::new(Vec::with_capacity(op.len() + 16));
-    push_header(&mut body, 0x02, id.len());
-    body.extend_from_slice(&id);
-    push_header(&mut body, 0x60, op.len());
-    body.extend_from_slice(&op);
+    ber::write_integer(&mut body, i64::from(msgid));
+    ber::write(&mut body, op::BIND_REQUEST, &op);
     let mut out = zeroize::Zeroizing::new(Vec::with_capacity(body.len() + 6));
-    push_header(&mut out, 0x30, body.len());
-    out.extend_from_slice(&body);
+    ber::write(&mut out, 0x30, &body);
     out
 }
 
@@ -391,7 +344,7 @@ mod tests {
     /// A BER element.
     fn el(tag: u8, content: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        push_header(&mut v, tag, content.len());
+        ber::write_header(&mut v, tag, content.len());
         v.extend_from_slice(content);
         v
     }

@@ -7,6 +7,8 @@
 
 use crate::frame::op;
 use crate::pam_pool::PoolStats;
+use crate::proto;
+use ldap3_proto::proto::LdapResultCode;
 use metrics::{counter, gauge, histogram, Counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -75,9 +77,10 @@ pub fn relayed(tag: u8) {
     }
 }
 
-/// A bind the proxy decided: by route and LDAP result.
-pub fn bind_decided(route: &str, result: &str, seconds: f64) {
-    counter!("ldap_pam_proxy_binds_total", "route" => route.to_owned(), "result" => result.to_owned())
+/// A bind the proxy decided: by route and LDAP result (its RFC 4511 name,
+/// [`proto::code_name`]).
+pub fn bind_decided(route: &str, result: &LdapResultCode, seconds: f64) {
+    counter!("ldap_pam_proxy_binds_total", "route" => route.to_owned(), "result" => proto::code_name(result))
         .increment(1);
     histogram!("ldap_pam_proxy_bind_duration_seconds", "route" => route.to_owned()).record(seconds);
 }

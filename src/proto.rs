@@ -1,5 +1,8 @@
 //! Messages the proxy writes itself: results for requests it answers, and the Notice of
 //! Disconnection. Built with ldap3_proto so their encoding is the crate's, not ours.
+//!
+//! Also the one spelling of a result code ([`code_name`], [`code_number`],
+//! [`code_text`]) for logs, metrics labels, `explain` and diagnostics.
 
 use crate::frame::op;
 use bytes::{Bytes, BytesMut};
@@ -10,7 +13,7 @@ use tokio_util::codec::Encoder;
 
 /// An error that becomes an LDAP result: it carries its result code and diagnostic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code:?}: {message}")]
+#[error("{}: {message}", code_text(.code))]
 pub struct LdapError {
     pub code: LdapResultCode,
     pub message: String,
@@ -28,6 +31,73 @@ impl LdapError {
             message: message.into(),
         }
     }
+}
+
+/// A result code's name as RFC 4511 §4.1.9 (and the RFCs that added codes) writes it:
+/// `invalidCredentials`, `unwillingToPerform`. The only spelling of a result code in logs,
+/// metrics labels and the proxy's own diagnostics, so one grep finds them all.
+pub fn code_name(code: &LdapResultCode) -> &'static str {
+    use LdapResultCode as C;
+    match code {
+        C::Success => "success",
+        C::OperationsError => "operationsError",
+        C::ProtocolError => "protocolError",
+        C::TimeLimitExceeded => "timeLimitExceeded",
+        C::SizeLimitExceeded => "sizeLimitExceeded",
+        C::CompareFalse => "compareFalse",
+        C::CompareTrue => "compareTrue",
+        C::AuthMethodNotSupported => "authMethodNotSupported",
+        C::StrongerAuthRequired => "strongerAuthRequired",
+        C::Referral => "referral",
+        C::AdminLimitExceeded => "adminLimitExceeded",
+        C::UnavailableCriticalExtension => "unavailableCriticalExtension",
+        C::ConfidentialityRequired => "confidentialityRequired",
+        C::SaslBindInProgress => "saslBindInProgress",
+        C::NoSuchAttribute => "noSuchAttribute",
+        C::UndefinedAttributeType => "undefinedAttributeType",
+        C::InappropriateMatching => "inappropriateMatching",
+        C::ConstraintViolation => "constraintViolation",
+        C::AttributeOrValueExists => "attributeOrValueExists",
+        C::InvalidAttributeSyntax => "invalidAttributeSyntax",
+        C::NoSuchObject => "noSuchObject",
+        C::AliasProblem => "aliasProblem",
+        C::InvalidDNSyntax => "invalidDNSyntax",
+        C::AliasDereferencingProblem => "aliasDereferencingProblem",
+        C::InappropriateAuthentication => "inappropriateAuthentication",
+        C::InvalidCredentials => "invalidCredentials",
+        C::InsufficentAccessRights => "insufficientAccessRights",
+        C::Busy => "busy",
+        C::Unavailable => "unavailable",
+        C::UnwillingToPerform => "unwillingToPerform",
+        C::LoopDetect => "loopDetect",
+        C::NamingViolation => "namingViolation",
+        C::ObjectClassViolation => "objectClassViolation",
+        C::NotAllowedOnNonLeaf => "notAllowedOnNonLeaf",
+        C::NotALlowedOnRDN => "notAllowedOnRDN",
+        C::EntryAlreadyExists => "entryAlreadyExists",
+        C::ObjectClassModsProhibited => "objectClassModsProhibited",
+        C::AffectsMultipleDSAs => "affectsMultipleDSAs",
+        C::VirtualListViewError => "virtualListViewError",
+        C::Other => "other",
+        C::Canceled => "canceled",
+        C::NoSuchOperation => "noSuchOperation",
+        C::TooLate => "tooLate",
+        C::CannotCancel => "cannotCancel",
+        C::AssertionFailed => "assertionFailed",
+        C::AuthorizationError => "authorizationDenied",
+        C::EsyncRefreshRequired => "e-syncRefreshRequired",
+    }
+}
+
+/// A result code's number on the wire (`invalidCredentials` is 49).
+pub fn code_number(code: &LdapResultCode) -> u32 {
+    // The enum's discriminants are the protocol's numbers, all below 2^31.
+    code.clone() as u32
+}
+
+/// A result code for people: `invalidCredentials (49)`.
+pub fn code_text(code: &LdapResultCode) -> String {
+    format!("{} ({})", code_name(code), code_number(code))
 }
 
 /// Encodes a message for the wire.
@@ -150,6 +220,24 @@ mod tests {
         }
         assert!(result_for(7, op::ABANDON_REQUEST, &err).is_none());
         assert!(result_for(7, op::UNBIND_REQUEST, &err).is_none());
+    }
+
+    #[test]
+    fn result_codes_have_one_spelling() {
+        assert_eq!(
+            code_name(&LdapResultCode::InvalidCredentials),
+            "invalidCredentials"
+        );
+        assert_eq!(code_number(&LdapResultCode::InvalidCredentials), 49);
+        assert_eq!(
+            code_text(&LdapResultCode::InsufficentAccessRights),
+            "insufficientAccessRights (50)"
+        );
+        assert_eq!(code_number(&LdapResultCode::EsyncRefreshRequired), 4096);
+        assert_eq!(
+            LdapError::new(LdapResultCode::Busy, "too many").to_string(),
+            "busy (51): too many"
+        );
     }
 
     #[test]

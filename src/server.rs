@@ -2,74 +2,20 @@
 //! for each, reload on SIGHUP, and shut down gracefully.
 
 use crate::config::Config;
+use crate::context::{config_id, Shared};
 use crate::dircheck::{self, DirCheckError};
-use crate::lookup::LookupPool;
-use crate::pam_gate::PamGate;
-use crate::pam_pool::PamPool;
 use crate::proto::{self, LdapError};
 use crate::session::Session;
 use crate::tls::ServerTls;
-use crate::{backend, bind, duo, metrics, tls};
+use crate::{bind, duo, metrics, tls};
 use ldap3_proto::proto::LdapResultCode;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// What every session shares: the configuration, the route lookup connections, the
-/// PAM worker pool and the proxy's TLS certificate.
-pub struct Shared {
-    /// The configuration in force: replaced whole by a reload.
-    config: RwLock<Arc<Config>>,
-    /// Where the configuration is read from again on SIGHUP.
-    path: PathBuf,
-    pub lookup: LookupPool,
-    pub pam: PamGate,
-    /// The server certificate for LDAPS and StartTLS; `None` without `[tls]`.
-    pub tls: Option<ServerTls>,
-    /// What `/readyz` reports: backend reachability and the directory checks.
-    pub health: Arc<metrics::Health>,
-}
-
-impl Shared {
-    /// Loads the TLS certificate and starts the PAM workers for `config`, read from `path`.
-    pub fn new(config: Config, path: PathBuf) -> std::io::Result<Shared> {
-        let tls = match &config.tls {
-            Some(t) => Some(ServerTls::load(t).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("TLS certificate: {e}"),
-                )
-            })?),
-            None => None,
-        };
-        let pool = Arc::new(PamPool::new(config.pam.workers, config.pam.queue)?);
-        let pam = PamGate::new(pool, &config.pam, &config.routes)?;
-        Ok(Shared {
-            config: RwLock::new(Arc::new(config)),
-            path,
-            lookup: LookupPool::default(),
-            pam,
-            tls,
-            health: Arc::default(),
-        })
-    }
-
-    /// The configuration in force now.
-    pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// Identifies a configuration while it is in force (for [`metrics::Health`]): its address,
-/// which no other configuration can have while this one is alive.
-pub fn config_id(config: &Arc<Config>) -> usize {
-    Arc::as_ptr(config) as usize
-}
 
 /// What a [`dircheck::run`] result means for a configuration about to go into force (at
 /// start or on reload): `Ok(None)` ready, `Ok(Some(why))` in force but not ready (the
@@ -143,17 +89,17 @@ pub async fn reload(shared: &Shared) -> bool {
         metrics::reload("refused");
         false
     };
-    let new = match Config::load(&shared.path) {
+    let new = match Config::load(shared.path()) {
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()),
     };
-    if let Err(e) = bind::check_suffixes(&new).await {
+    if let Err(e) = bind::check_suffixes(&new, &shared.backends).await {
         return refuse(e);
     }
     if let Err(e) = duo::apply(&new) {
         return refuse(e);
     }
-    let pending = match directory_outcome(dircheck::run(&new).await) {
+    let pending = match directory_outcome(dircheck::run(&new, &shared.backends).await) {
         Ok(pending) => pending,
         Err(e) => return refuse(e),
     };
@@ -168,7 +114,7 @@ pub async fn reload(shared: &Shared) -> bool {
     for what in restart_only_changes(&old, &new) {
         tracing::warn!("{what} changed: takes effect only after a restart");
     }
-    backend::forget_tls_configs();
+    shared.backends.forget_tls_configs();
     if let (Some(server), Some(fresh)) = (&shared.tls, tls) {
         server.install(fresh);
     }
@@ -176,10 +122,7 @@ pub async fn reload(shared: &Shared) -> bool {
     let routes = new.routes.len();
     let new = Arc::new(new);
     shared.health.set_directory(config_id(&new), pending);
-    *shared
-        .config
-        .write()
-        .unwrap_or_else(PoisonError::into_inner) = new;
+    shared.put_in_force(new);
     metrics::reload("ok");
     tracing::info!(routes, "configuration reloaded");
     true

@@ -40,7 +40,7 @@ fn pool_gauges_follow_pending_binds() {
     assert_eq!(bind_result(&mut b), LdapResultCode::Success);
     assert!(eventually(Duration::from_secs(10), || proxy.metric(BUSY) == Some(0.0)));
     assert_eq!(
-        proxy.metric("ldap_pam_proxy_binds_total{route=\"duo\",result=\"Success\"}"),
+        proxy.metric("ldap_pam_proxy_binds_total{route=\"duo\",result=\"success\"}"),
         Some(2.0)
     );
     assert_eq!(

@@ -1124,7 +1124,7 @@ fn client_strings_cannot_forge_log_lines() {
     let b = Bench::new(&site_routes());
     let tag = unique("forged").replace('-', "");
     let forged = format!(
-        "{tag} 2026-12-01T00:00:00.000000Z  INFO ldap_pam_proxy::session: bind client=10.0.0.1:1 dn=uid=alice,ou=People,dc=example,dc=com route=\"duo\" service=\"duo\" result=Success"
+        "{tag} 2026-12-01T00:00:00.000000Z  INFO ldap_pam_proxy::session: bind client=10.0.0.1:1 dn=uid=alice,ou=People,dc=example,dc=com route=\"duo\" service=\"duo\" result=success"
     );
     let newline_dn = format!("uid=nl{tag}\n{forged},ou=People,dc=example,dc=com");
     let esc_dn = format!("uid=esc{tag}\x1b[2K\x1b[1Gred,ou=People,dc=example,dc=com");
@@ -1472,8 +1472,8 @@ fn every_pipelined_bind_gets_an_audit_line() {
                 .unwrap_or("")
                 .trim_matches('"');
             let named = match *code {
-                "0" => "Success",
-                _ => "InvalidCredentials",
+                "0" => "success",
+                _ => "invalidCredentials",
             };
             assert!(
                 result == *code || result == named,

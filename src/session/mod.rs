@@ -18,10 +18,10 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use crate::backend::{self, BackendStream, Unreachable};
+use crate::backend::{BackendStream, Unreachable};
 use crate::bind::{self, Outcome, Trail};
+use crate::context::Shared;
 use crate::metrics;
-use crate::server::Shared;
 use crate::tls::{self, ClientStream, Stream};
 use bytes::{Buf, BufMut, BytesMut};
 use state::{Action, Decision, SessionState, READ_CHUNK};
@@ -237,9 +237,10 @@ impl Session {
             match action {
                 Action::Connect => {
                     let config = self.shared.config();
+                    let backends = Arc::clone(&self.shared.backends);
                     self.connecting =
                         Some(Box::pin(
-                            async move { backend::connect(&config.backend).await },
+                            async move { backends.connect(&config.backend).await },
                         ));
                 }
                 Action::Decide { bind, tls } => {

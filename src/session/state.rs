@@ -1011,12 +1011,17 @@ fn starttls_response(msgid: i32, err: &LdapError) -> Bytes {
 
 /// One line per bind the directory decided (`code` as it answered).
 fn log_forwarded_bind(peer: SocketAddr, f: &ForwardedBind, code: Option<u32>) {
+    // No answer (the connection went first): "-"; a code the proxy has no name for: "?".
+    let result = code.map_or("-", |c| {
+        LdapResultCode::try_from(i64::from(c)).map_or("?", |c| proto::code_name(&c))
+    });
     tracing::info!(
         client = %peer,
         dn = %f.dn,
         route = "-",
         service = "-",
-        result = code.map_or_else(|| "?".to_owned(), |c| c.to_string()),
+        result,
+        code = code.map_or_else(|| "-".to_owned(), |c| c.to_string()),
         ms = f.started.elapsed().as_millis() as u64,
         detail = %format!("forwarded: {}", f.reason),
         "bind"
@@ -1033,7 +1038,7 @@ fn log_bind(
     abandoned: bool,
 ) {
     let route = trail.route.as_deref().unwrap_or("-");
-    metrics::bind_decided(route, &format!("{code:?}"), started.elapsed().as_secs_f64());
+    metrics::bind_decided(route, code, started.elapsed().as_secs_f64());
     // The DN comes escaped; what the directory and PAM said is escaped here.
     tracing::info!(
         client = %peer,
@@ -1041,7 +1046,8 @@ fn log_bind(
         entry = %Untrusted::new(trail.entry.as_deref().unwrap_or("-")),
         route,
         service = trail.service.as_deref().unwrap_or("-"),
-        result = ?code,
+        result = proto::code_name(code),
+        code = proto::code_number(code),
         ms = started.elapsed().as_millis() as u64,
         abandoned,
         detail = %Untrusted::new(trail.detail.as_deref().unwrap_or("")),

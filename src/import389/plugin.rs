@@ -1,5 +1,5 @@
-//! `import-389`: turns a 389 DS "PAM Pass Through Auth" plugin configuration (LDIF) into
-//! `[[route]]` tables and the `[bind]` keys they need (DESIGN §2 and §5).
+//! 389's semantics of a PAM Pass Through Auth configuration: which entries it reads,
+//! in which order it tries them, and what each one means as a route.
 //!
 //! What 389 does with that configuration (389-ds-base `pam_ptconfig.c`, and measured on
 //! 389-ds-base 2.3.1 with `nsslapd-errorlog-level: 64`, which logs the order it stores
@@ -27,290 +27,27 @@
 //! The import keeps that order and that last resort, and says on stderr what it changed
 //! or could not express.
 
+use super::ldif::{LdifAttr, LdifEntry};
+use super::{ImportError, DEFAULT_ROUTE, PLUGIN_DN};
 use crate::dn::Dn;
 use std::cmp::Ordering;
-use std::fmt::Write as _;
-
-/// The plugin entry of 389's PAM Pass Through Auth plugin.
-pub const PLUGIN_DN: &str = "cn=PAM Pass Through Auth,cn=plugins,cn=config";
-
-/// Name of the route made from the plugin entry's own settings.
-pub const DEFAULT_ROUTE: &str = "default";
-
-/// The input could not be read as LDIF, or holds no PAM Pass Through Auth configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("{origin}:{line}: {message}")]
-    Ldif {
-        origin: String,
-        line: usize,
-        message: String,
-    },
-    #[error(
-        "{origin}: no PAM Pass Through Auth configuration: no entry {PLUGIN_DN} and none below it"
-    )]
-    NoConfig { origin: String },
-}
-
-/// The result of an import.
-#[derive(Debug, Clone)]
-pub struct Imported {
-    /// `[bind]` and `[[route]]` tables, to append to a configuration's `[listen]` and
-    /// `[backend]`.
-    pub toml: String,
-    /// Everything the TOML does not say as 389 did, one message each (for stderr).
-    pub warnings: Vec<String>,
-    /// The route names, in evaluation order.
-    pub routes: Vec<String>,
-}
-
-/// One LDIF record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LdifEntry {
-    pub dn: String,
-    /// Line of the `dn:` line.
-    pub line: usize,
-    pub attrs: Vec<LdifAttr>,
-}
-
-/// One attribute value of an LDIF record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LdifAttr {
-    /// The attribute type as written, without options (`;lang-…`).
-    pub name: String,
-    pub value: String,
-    /// Line where the value starts.
-    pub line: usize,
-}
-
-impl LdifEntry {
-    /// Values of attribute `name` (case-insensitive), in file order.
-    pub fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a LdifAttr> + 'a {
-        let name = name.to_owned();
-        self.attrs
-            .iter()
-            .filter(move |a| a.name.eq_ignore_ascii_case(&name))
-    }
-}
-
-/// Parses LDIF content records (RFC 2849): folded lines (a leading space continues the
-/// previous line), comments (also folded), `attr:: base64` values, CRLF line ends, a
-/// leading `version: 1`. Change records other than `changetype: add` and `attr:< URL`
-/// values are skipped with a warning.
-pub fn parse_ldif(text: &str, origin: &str) -> Result<(Vec<LdifEntry>, Vec<String>), ImportError> {
-    let err = |line: usize, message: String| ImportError::Ldif {
-        origin: origin.to_owned(),
-        line,
-        message,
-    };
-    let mut warnings = Vec::new();
-
-    // Logical lines (continuations joined), grouped in records.
-    struct Logical {
-        text: String,
-        line: usize,
-    }
-    let mut records: Vec<Vec<Logical>> = Vec::new();
-    let mut current: Vec<Logical> = Vec::new();
-    let mut in_comment = false;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (i, raw) in text.split('\n').enumerate() {
-        let number = i + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.is_empty() {
-            if !current.is_empty() {
-                records.push(std::mem::take(&mut current));
-            }
-            in_comment = false;
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix(' ') {
-            if in_comment {
-                continue;
-            }
-            match current.last_mut() {
-                Some(last) => last.text.push_str(rest),
-                None if rest.trim().is_empty() => {}
-                None => {
-                    return Err(err(
-                        number,
-                        "continuation line (leading space) without a line to continue".into(),
-                    ))
-                }
-            }
-            continue;
-        }
-        if line.starts_with('#') {
-            in_comment = true;
-            continue;
-        }
-        in_comment = false;
-        current.push(Logical {
-            text: line.to_owned(),
-            line: number,
-        });
-    }
-    if !current.is_empty() {
-        records.push(current);
-    }
-
-    let mut entries = Vec::new();
-    for (n, record) in records.into_iter().enumerate() {
-        let mut lines = record.into_iter().peekable();
-        if n == 0 {
-            if let Some(first) = lines.peek() {
-                if let Some(("version", v)) = split_type(&first.text) {
-                    if v.trim() != "1" {
-                        warnings.push(format!(
-                            "{origin}:{}: LDIF version '{}' (expected 1)",
-                            first.line,
-                            v.trim()
-                        ));
-                    }
-                    lines.next();
-                }
-            }
-        }
-        let Some(first) = lines.next() else { continue };
-        let (name, value) = parse_value(&first.text)
-            .map_err(|m| err(first.line, m))?
-            .ok_or_else(|| {
-                err(
-                    first.line,
-                    "'attr:< URL' is not supported for the DN".into(),
-                )
-            })?;
-        if !name.eq_ignore_ascii_case("dn") {
-            return Err(err(
-                first.line,
-                format!("a record must start with 'dn:', not '{name}:'"),
-            ));
-        }
-        let mut entry = LdifEntry {
-            dn: value,
-            line: first.line,
-            attrs: Vec::new(),
-        };
-        let mut skip = false;
-        for l in lines {
-            let parsed = parse_value(&l.text).map_err(|m| err(l.line, m))?;
-            let Some((name, value)) = parsed else {
-                warnings.push(format!(
-                    "{origin}:{}: '{}': values read from a URL ('attr:<') are not supported; ignored",
-                    l.line,
-                    l.text.split(':').next().unwrap_or_default()
-                ));
-                continue;
-            };
-            if name.eq_ignore_ascii_case("changetype") {
-                if !value.trim().eq_ignore_ascii_case("add") {
-                    warnings.push(format!(
-                        "{origin}:{}: 'changetype: {}' record for {}: only content records (or changetype: add) describe a configuration; skipped",
-                        l.line, value.trim(), entry.dn
-                    ));
-                    skip = true;
-                    break;
-                }
-                continue;
-            }
-            if name.eq_ignore_ascii_case("control") {
-                warnings.push(format!("{origin}:{}: LDIF control ignored", l.line));
-                continue;
-            }
-            entry.attrs.push(LdifAttr {
-                name,
-                value,
-                line: l.line,
-            });
-        }
-        if !skip {
-            entries.push(entry);
-        }
-    }
-    Ok((entries, warnings))
-}
-
-/// `type: value` → `(type, value)` without looking at the value.
-fn split_type(line: &str) -> Option<(&str, &str)> {
-    line.split_once(':').map(|(t, v)| (t.trim(), v))
-}
-
-/// One logical line: `Ok(None)` for a URL value.
-fn parse_value(line: &str) -> Result<Option<(String, String)>, String> {
-    let (name, rest) = line
-        .split_once(':')
-        .ok_or_else(|| format!("'{line}' is not 'attribute: value'"))?;
-    let name = name.trim();
-    let base = name.split(';').next().unwrap_or_default();
-    if base.is_empty()
-        || !base
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    {
-        return Err(format!("'{name}' is not an attribute type"));
-    }
-    let value = if let Some(b64) = rest.strip_prefix(':') {
-        let bytes = decode_base64(b64.trim())
-            .ok_or_else(|| format!("{base}:: value is not valid base64"))?;
-        String::from_utf8(bytes).map_err(|_| format!("{base}:: value is not UTF-8 text"))?
-    } else if rest.starts_with('<') {
-        return Ok(None);
-    } else {
-        rest.trim_start_matches(' ').trim_end().to_owned()
-    };
-    Ok(Some((base.to_owned(), value)))
-}
-
-/// Standard base64 (RFC 4648), padding optional, spaces ignored.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    let mut padding = 0;
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                padding += 1;
-                continue;
-            }
-            _ => return None,
-        };
-        if padding > 0 {
-            return None;
-        }
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be zero padding of the last character.
-    (padding <= 2 && acc == 0).then_some(out)
-}
 
 /// A config entry as 389 would apply it.
 #[derive(Debug)]
-struct PamEntry {
-    dn: String,
-    line: usize,
-    name: String,
-    is_plugin_entry: bool,
-    service: String,
-    filter: Option<String>,
-    id_map: Vec<&'static str>,
-    id_attr: Option<String>,
-    fallback: bool,
-    secure: bool,
-    missing_suffix: Option<&'static str>,
-    excludes: Vec<(String, Dn)>,
-    includes: Vec<(String, Dn)>,
+pub(super) struct PamEntry {
+    pub dn: String,
+    pub line: usize,
+    pub name: String,
+    pub is_plugin_entry: bool,
+    pub service: String,
+    pub filter: Option<String>,
+    pub id_map: Vec<&'static str>,
+    pub id_attr: Option<String>,
+    pub fallback: bool,
+    pub secure: bool,
+    pub missing_suffix: Option<&'static str>,
+    pub excludes: Vec<(String, Dn)>,
+    pub includes: Vec<(String, Dn)>,
 }
 
 /// Attributes every LDAP entry may carry that say nothing about the configuration.
@@ -331,15 +68,19 @@ const IGNORED: &[&str] = &[
     "description",
 ];
 
-/// Converts a 389 PAM Pass Through Auth configuration. `origin` names the input in
-/// messages.
-pub fn import_389(text: &str, origin: &str) -> Result<Imported, ImportError> {
-    let (entries, mut warnings) = parse_ldif(text, origin)?;
+/// The configuration entries of `entries` that 389 would use, in the order it tries
+/// them, each read as 389 reads it; what 389 would skip or the proxy cannot express is
+/// left out or changed, with a warning. `origin` names the input in messages.
+pub(super) fn entries_in_389_order(
+    entries: &[LdifEntry],
+    origin: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<PamEntry>, ImportError> {
     let plugin = Dn::parse(PLUGIN_DN).expect("constant DN");
 
     let mut parsed: Vec<(Dn, &LdifEntry)> = Vec::new();
     let mut outside = 0usize;
-    for e in &entries {
+    for e in entries {
         match Dn::parse(&e.dn) {
             Ok(dn) => {
                 if parsed.iter().any(|(d, _)| *d == dn) {
@@ -425,7 +166,7 @@ pub fn import_389(text: &str, origin: &str) -> Result<Imported, ImportError> {
 
     let mut pam_entries: Vec<PamEntry> = Vec::new();
     for (_, e, is_plugin_entry) in &config_entries {
-        if let Some(p) = read_entry(e, *is_plugin_entry, origin, &mut warnings) {
+        if let Some(p) = read_entry(e, *is_plugin_entry, origin, warnings) {
             pam_entries.push(p);
         }
     }
@@ -450,7 +191,7 @@ pub fn import_389(text: &str, origin: &str) -> Result<Imported, ImportError> {
         }
     }
 
-    Ok(render(&pam_entries, origin, warnings))
+    Ok(pam_entries)
 }
 
 /// The RDNs of `dn` in normalised form, leftmost first.
@@ -754,178 +495,9 @@ fn read_entry(
     })
 }
 
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    let items: Vec<String> = items.into_iter().map(quote).collect();
-    format!("[{}]", items.join(", "))
-}
-
-fn same_set(a: &[(String, Dn)], b: &[(String, Dn)]) -> bool {
-    a.len() == b.len() && a.iter().all(|(_, x)| b.iter().any(|(_, y)| x == y))
-}
-
-fn render(entries: &[PamEntry], origin: &str, mut warnings: Vec<String>) -> Imported {
-    // Global exclusions: those every entry has. Excluding them for all binds is what 389
-    // does, since no entry would take such a DN.
-    let global_excludes: Vec<(String, Dn)> = match entries.first() {
-        None => Vec::new(),
-        Some(first) => first
-            .excludes
-            .iter()
-            .filter(|(_, d)| {
-                entries
-                    .iter()
-                    .all(|e| e.excludes.iter().any(|(_, x)| x == d))
-            })
-            .cloned()
-            .collect(),
-    };
-    // Global inclusions: only when every entry restricts itself to included suffixes;
-    // then the union (a DN outside all of them is no entry's). Routes whose own set
-    // differs keep it.
-    let global_includes: Vec<(String, Dn)> =
-        if !entries.is_empty() && entries.iter().all(|e| !e.includes.is_empty()) {
-            let mut union: Vec<(String, Dn)> = Vec::new();
-            for (t, d) in entries.iter().flat_map(|e| &e.includes) {
-                if !union.iter().any(|(_, u)| u == d) {
-                    union.push((t.clone(), d.clone()));
-                }
-            }
-            union
-        } else {
-            Vec::new()
-        };
-
-    let missing: Vec<&str> = entries.iter().filter_map(|e| e.missing_suffix).collect();
-    let strictest = ["error", "allow", "ignore"]
-        .into_iter()
-        .find(|level| missing.contains(level));
-    if let Some(level) = strictest {
-        if missing.iter().any(|m| *m != level) {
-            warnings.push(format!(
-                "{origin}: the entries disagree on pamMissingSuffix ({}); the proxy has one setting for all suffixes: using the strictest, \"{level}\"",
-                missing.join(", ")
-            ));
-        }
-    }
-
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Imported by `ldap-pam-proxy import-389` from {origin}.\n\
-         # Routes are in 389's evaluation order: nested entries in descending byte order of\n\
-         # their normalised RDN, the plugin entry's own settings last. Append this to a\n\
-         # configuration whose [backend] has service_dn and service_password_file."
-    );
-    out.push_str("\n[bind]\n");
-    if let Some(level) = strictest {
-        let _ = writeln!(out, "missing_suffix = {}", quote(level));
-    }
-    if !global_includes.is_empty() {
-        let _ = writeln!(
-            out,
-            "include_suffixes = {}",
-            list(global_includes.iter().map(|(t, _)| t.as_str()))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "exclude_suffixes = {}",
-        list(global_excludes.iter().map(|(t, _)| t.as_str()))
-    );
-    if global_excludes.is_empty() {
-        warnings.push(format!(
-            "{origin}: not every entry excludes cn=config: like 389, binds under cn=config may go to PAM (exclude_suffixes = [] overrides the proxy's default [\"cn=config\"])"
-        ));
-    }
-
-    let mut names = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        names.push(e.name.clone());
-        let own_excludes: Vec<&str> = e
-            .excludes
-            .iter()
-            .filter(|(_, d)| !global_excludes.iter().any(|(_, g)| g == d))
-            .map(|(t, _)| t.as_str())
-            .collect();
-        let own_includes: Vec<&str> = if same_set(&e.includes, &global_includes) {
-            Vec::new()
-        } else {
-            e.includes.iter().map(|(t, _)| t.as_str()).collect()
-        };
-        out.push('\n');
-        let _ = writeln!(out, "# {} ({origin} line {})", e.dn, e.line);
-        if e.is_plugin_entry {
-            out.push_str(
-                "# 389 uses the plugin entry's own settings for every bind no entry above took.\n",
-            );
-        }
-        out.push_str("[[route]]\n");
-        let _ = writeln!(out, "name = {}", quote(&e.name));
-        if let Some(f) = &e.filter {
-            let _ = writeln!(out, "filter = {}", quote(f));
-        }
-        let _ = writeln!(out, "pam_service = {}", quote(&e.service));
-        let _ = writeln!(out, "id_map = {}", list(e.id_map.iter().copied()));
-        if e.id_map.contains(&"entry") {
-            if let Some(a) = &e.id_attr {
-                let _ = writeln!(out, "id_attr = {}", quote(a));
-            }
-        }
-        let _ = writeln!(out, "fallback = {}", e.fallback);
-        let _ = writeln!(out, "secure = {}", e.secure);
-        if !own_includes.is_empty() {
-            let _ = writeln!(out, "include_suffixes = {}", list(own_includes));
-        }
-        if !own_excludes.is_empty() {
-            let _ = writeln!(
-                out,
-                "exclude_suffixes = {}",
-                list(own_excludes.iter().copied())
-            );
-        }
-
-        let unscoped = e.includes.is_empty() && own_excludes.is_empty();
-        let later: Vec<&str> = entries[i + 1..].iter().map(|l| l.name.as_str()).collect();
-        if e.filter.is_none() && unscoped && !later.is_empty() {
-            warnings.push(format!(
-                "{origin}:{}: route '{}' has no filter and no suffix restriction of its own: it takes every bind, so route{} {} after it never match (as in 389)",
-                e.line,
-                e.name,
-                if later.len() == 1 { "" } else { "s" },
-                later.join(", ")
-            ));
-        }
-        if e.is_plugin_entry && e.filter.is_none() {
-            warnings.push(format!(
-                "{origin}:{}: route '{}' (the plugin entry's own settings, pamService {}) has no filter: every bind in scope that no other route takes goes to PAM service {} — application and service accounts too, whose directory passwords then stop working. That is what 389 did; delete this route to let those binds reach the directory's own password check",
-                e.line, e.name, e.service, e.service
-            ));
-        }
-    }
-    Imported {
-        toml: out,
-        warnings,
-        routes: names,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64() {
-        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(decode_base64("aGVsbG8").unwrap(), b"hello");
-        assert_eq!(decode_base64("aGVs bG8h").unwrap(), b"hello!");
-        assert_eq!(decode_base64("").unwrap(), b"");
-        assert!(decode_base64("a$").is_none());
-        assert!(decode_base64("aGVsbG9=").is_none()); // non-zero leftover bits
-    }
 
     #[test]
     fn dse_order_is_reversed_like_389() {
@@ -952,24 +524,5 @@ mod tests {
                 "cn=pam pass through auth"
             ]
         );
-    }
-
-    #[test]
-    fn ldif_folding_comments_and_base64() {
-        let text = "version: 1\r\n# a comment\r\n  folded comment\r\ndn: cn=x,\r\n cn=y\r\nfoo:: YmFy\r\nbaz:   spaced  \r\nurl:< file:///etc/passwd\r\n\r\n\r\ndn: cn=z\nchangetype: modify\nreplace: a\n";
-        let (entries, warnings) = parse_ldif(text, "t").unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].dn, "cn=x,cn=y");
-        assert_eq!(entries[0].line, 4);
-        assert_eq!(entries[0].values("FOO").next().unwrap().value, "bar");
-        assert_eq!(entries[0].values("baz").next().unwrap().value, "spaced");
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(parse_ldif(" leading\n", "t").is_err());
-        let e = parse_ldif("cn: x\n", "t").unwrap_err().to_string();
-        assert!(e.starts_with("t:1:"), "{e}");
-        assert!(parse_ldif("dn: cn=x\nfoo:: ***\n", "t")
-            .unwrap_err()
-            .to_string()
-            .starts_with("t:2:"));
     }
 }

@@ -1,15 +1,15 @@
 //! One client connection: the I/O shell around the protocol core.
 //!
-//! [`state::SessionState`] decides everything about the connection without doing any
+//! `state::SessionState` decides everything about the connection without doing any
 //! I/O; this shell owns the sockets, the TLS handshake, the timers and the futures that
 //! open backend connections and decide binds. All of a session's I/O runs in one task,
-//! driven by [`Session::poll_event`]: it writes what the core has buffered in both
+//! driven by `Session::poll_event`: it writes what the core has buffered in both
 //! directions, then reads from whichever side the core has room for (backpressure: a
 //! slow client slows its backend connection down instead of making the proxy buffer),
 //! and reports the first thing that happened to the core.
 //!
-//! - [`state`]: the core (phases, binds, held requests, relaying, StartTLS, endings).
-//! - [`boundary`]: where the backend's response stream stands between messages.
+//! - `state`: the core (phases, binds, held requests, relaying, StartTLS, endings).
+//! - `boundary`: where the backend's response stream stands between messages.
 //! - [`policy`]: what a PAM-bound session may relay.
 
 mod boundary;

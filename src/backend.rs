@@ -8,7 +8,10 @@ use crate::logsafe::Untrusted;
 use crate::tls::{self, Stream};
 use crate::{message, proto};
 use bytes::BytesMut;
-use ldap3_proto::proto::{LdapExtendedRequest, LdapMsg, LdapOp, LdapResultCode};
+use ldap3_proto::proto::{
+    LdapDerefAliases, LdapExtendedRequest, LdapFilter, LdapMsg, LdapOp, LdapResultCode,
+    LdapSearchRequest, LdapSearchScope,
+};
 use ldap3_proto::LdapCodec;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -107,6 +110,68 @@ impl Backends {
                 "unexpected answer to bind: {}",
                 op_name(&other)
             ))),
+        }
+    }
+
+    /// Asks every backend, one after the other, whether it answers LDAP (a root DSE
+    /// read, within `connect_timeout`), and remembers the answer for the next
+    /// connections: one that does not is tried last, one that does goes back to its
+    /// configured place. Returns (URI, answered) in configured order.
+    pub async fn probe(&self, cfg: &BackendConfig) -> Vec<(String, bool)> {
+        let mut probes = Vec::with_capacity(cfg.uris.len());
+        for uri in &cfg.uris {
+            let attempt = tokio::time::timeout(cfg.connect_timeout, self.probe_one(cfg, uri)).await;
+            let result = attempt
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.connect_timeout)));
+            let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            match &result {
+                Ok(()) => {
+                    if failed.remove(&uri.uri).is_some() {
+                        tracing::info!(backend = %uri.uri, "backend answers again");
+                    }
+                }
+                Err(e) => {
+                    if failed.insert(uri.uri.clone(), Instant::now()).is_none() {
+                        tracing::warn!(backend = %uri.uri, "backend does not answer: {e}");
+                    }
+                }
+            }
+            probes.push((uri.uri.clone(), result.is_ok()));
+        }
+        probes
+    }
+
+    async fn probe_one(&self, cfg: &BackendConfig, uri: &BackendUri) -> Result<(), String> {
+        let mut stream = self.open(cfg, uri).await?;
+        let request = proto::encode(LdapMsg::new(
+            1,
+            LdapOp::SearchRequest(LdapSearchRequest {
+                base: String::new(),
+                scope: LdapSearchScope::Base,
+                aliases: LdapDerefAliases::Never,
+                sizelimit: 0,
+                timelimit: 0,
+                typesonly: false,
+                filter: LdapFilter::Present("objectClass".into()),
+                attrs: vec!["1.1".into()],
+            }),
+        ));
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(512);
+        loop {
+            let m = read_message(&mut stream, &mut buf)
+                .await
+                .map_err(|e| e.to_string())?;
+            match m.op {
+                LdapOp::SearchResultDone(r) if r.code == LdapResultCode::Success => return Ok(()),
+                LdapOp::SearchResultDone(r) => {
+                    return Err(format!("root DSE read: {}", proto::code_text(&r.code)))
+                }
+                _ => {}
+            }
         }
     }
 

@@ -21,8 +21,8 @@ mod tests;
 use crate::backend::{BackendStream, Unreachable};
 use crate::bind::{self, Outcome, Trail};
 use crate::context::Shared;
-use crate::metrics;
 use crate::tls::{self, ClientStream, Stream};
+use crate::{metrics, slots};
 use bytes::{Buf, BufMut, BytesMut};
 use state::{Action, Decision, SessionState, READ_CHUNK};
 use std::future::{poll_fn, Future};
@@ -99,6 +99,8 @@ pub struct Session {
     service_link: Option<BackendStream>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Where the connection table reads whether this session is busy (crate::slots).
+    activity: Option<Arc<slots::Activity>>,
 }
 
 impl Session {
@@ -160,7 +162,15 @@ impl Session {
             service_link: None,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             idle,
+            activity: None,
         }
+    }
+
+    /// Reports after each event whether anything is in progress, so the connection table
+    /// asks idle connections, never busy ones, to leave when it fills.
+    pub fn reporting_to(mut self, activity: Arc<slots::Activity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Serves the client until it leaves, the backend goes away, or shutdown completes.
@@ -225,6 +235,9 @@ impl Session {
                 Event::Finished => break,
             }
             self.carry_out();
+            if let Some(a) = &self.activity {
+                a.report(self.core.busy());
+            }
         }
         self.core.finish();
         metrics::client_connection(-1.0);
@@ -248,8 +261,16 @@ impl Session {
                     let config = shared.config();
                     let client = self.peer.ip();
                     self.deciding = Some(Box::pin(async move {
-                        bind::authenticate(&config, &shared.lookup, &shared.pam, bind, client, tls)
-                            .await
+                        bind::authenticate_unless_cut(
+                            &shared.grace_over,
+                            &config,
+                            &shared.lookup,
+                            &shared.pam,
+                            bind,
+                            client,
+                            tls,
+                        )
+                        .await
                     }));
                 }
                 Action::RetireLink => {

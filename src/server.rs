@@ -323,7 +323,8 @@ async fn connection(
         )
     } else {
         Session::new(stream, client, Arc::clone(&shared), slot.stop.clone())
-    };
+    }
+    .reporting_to(Arc::clone(&slot.activity));
     tokio::select! {
         () = session.run() => {}
         () = slot.watch() => {}

@@ -176,7 +176,9 @@ impl Session {
     /// Serves the client until it leaves, the backend goes away, or shutdown completes.
     pub async fn run(mut self) {
         tracing::debug!(peer = %self.peer, "client connected");
-        metrics::client_connection(1.0);
+        // Counted until the session ends or is dropped (the connection table closes a
+        // connection that overstays by dropping its session).
+        let _counted = metrics::ClientConnection::open();
         loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::ClientReadable => self.core.client_data(Instant::now()),
@@ -240,7 +242,6 @@ impl Session {
             }
         }
         self.core.finish();
-        metrics::client_connection(-1.0);
         tracing::debug!(peer = %self.peer, "client connection closed");
     }
 

@@ -131,6 +131,23 @@ pub fn client_connection(delta: f64) {
     }
 }
 
+/// Counts one client connection for as long as it lives, however its session ends (a
+/// session the connection table closes is dropped, not run to its end).
+pub struct ClientConnection(());
+
+impl ClientConnection {
+    pub fn open() -> Self {
+        client_connection(1.0);
+        ClientConnection(())
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        client_connection(-1.0);
+    }
+}
+
 /// Counts one backend connection of a client session for as long as it lives.
 pub struct BackendConnection(());
 
@@ -169,8 +186,9 @@ pub fn connection_evicted() {
     counter!("ldap_pam_proxy_connections_evicted_total").increment(1);
 }
 
-/// A connection whose socket the proxy shut down: asked to leave and still there after
-/// the grace, with nothing in progress (typically a client that reads nothing).
+/// A connection the proxy closed without waiting for its session: asked to leave and
+/// still there after the grace, with nothing in progress (typically a client that reads
+/// nothing).
 pub fn connection_forced() {
     counter!("ldap_pam_proxy_connections_forced_total").increment(1);
 }

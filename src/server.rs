@@ -192,13 +192,7 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
                 }
             },
         };
-        // Another handle on the socket, for the table to shut it down if its session
-        // does not end when asked (slots::Slot::watch).
-        let handle = SockRef::from(&stream)
-            .try_clone()
-            .map(std::net::TcpStream::from)
-            .ok();
-        let slot = match slots.admit(&shutdown, handle) {
+        let slot = match slots.admit(&shutdown) {
             Ok(slot) => slot,
             Err(why) => {
                 metrics::connection_refused(why.reason());
@@ -246,9 +240,7 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
         sessions.len()
     );
     slots.force_all();
-    // Their sessions see the connection end; what is still running then is dropped
-    // with the runtime.
-    let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait()).await;
+    sessions.wait().await;
 }
 
 /// One client connection: its PROXY protocol header when its peer is a trusted balancer,
@@ -325,6 +317,7 @@ async fn connection(
         Session::new(stream, client, Arc::clone(&shared), slot.stop.clone())
     }
     .reporting_to(Arc::clone(&slot.activity));
+    // A session the table must close is dropped: its connections close with it.
     tokio::select! {
         () = session.run() => {}
         () = slot.watch() => {}

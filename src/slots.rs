@@ -11,14 +11,14 @@
 //!   answers, so never keeps a slot from a client that comes to do something, and a
 //!   connection with a bind pending or a search running is never asked. One that has not
 //!   left [`EVICT_GRACE`] after it was asked, and still has nothing in progress (its
-//!   client does not read the notice), has its socket shut down.
+//!   client does not read the notice), is closed (its session is dropped).
 //!
 //! Sessions report after each event whether anything is in progress ([`Activity`]);
 //! the table reads that when it must choose.
 
 use crate::metrics;
 use std::collections::HashMap;
-use std::net::{IpAddr, Shutdown};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -121,9 +121,6 @@ struct Conn {
     /// The session's shutdown: cancelled by the process's, or when asked to leave.
     stop: CancellationToken,
     evicted: CancellationToken,
-    /// Another handle on the client's socket, to shut it down when the session does
-    /// not end on its own (see [`Slot::watch`]).
-    socket: Option<std::net::TcpStream>,
 }
 
 /// One connection's place in the table, for as long as the connection lives.
@@ -156,13 +153,8 @@ impl Slots {
 
     /// A slot for a connection just accepted, whose source is not known yet (a PROXY
     /// protocol header may name it): asks idle connections to leave when the table is
-    /// nearly full; refused when it is full and none is idle. `socket` is another handle
-    /// on the connection's socket (see [`Slot::watch`]).
-    pub fn admit(
-        self: &Arc<Self>,
-        shutdown: &CancellationToken,
-        socket: Option<std::net::TcpStream>,
-    ) -> Result<Slot, Refused> {
+    /// nearly full; refused when it is full and none is idle.
+    pub fn admit(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<Slot, Refused> {
         let mut t = self.table();
         if t.open >= self.high_water {
             let want = (t.open + 1 - self.high_water).min(EVICT_BATCH);
@@ -184,7 +176,6 @@ impl Slots {
                 activity: Arc::clone(&activity),
                 stop: stop.clone(),
                 evicted: evicted.clone(),
-                socket,
             },
         );
         metrics::connection_slots(t.open, t.leaving);
@@ -266,15 +257,10 @@ impl Slots {
         self.table().open
     }
 
-    /// Shuts down the socket of every connection still open (the end of the shutdown
-    /// grace): their sessions see the connection end and finish.
+    /// Closes every connection still open (the end of the shutdown grace): see
+    /// [`Slot::watch`].
     pub fn force_all(&self) {
         self.force.cancel();
-        for c in self.table().conns.values() {
-            if let Some(s) = &c.socket {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
     }
 
     fn release(&self, id: u64) {
@@ -290,22 +276,6 @@ impl Slots {
         }
         metrics::connection_slots(t.open, t.leaving);
     }
-
-    /// Shuts the connection's socket down if it still has nothing in progress; returns
-    /// whether it did.
-    fn force(&self, id: u64) -> bool {
-        let t = self.table();
-        let Some(c) = t.conns.get(&id) else {
-            return true;
-        };
-        if c.activity.busy() {
-            return false;
-        }
-        if let Some(s) = &c.socket {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        true
-    }
 }
 
 impl Slot {
@@ -314,23 +284,25 @@ impl Slot {
         self.evicted.is_cancelled()
     }
 
-    /// Resolves never; run it beside the session. Once the connection is asked to
-    /// leave and [`EVICT_GRACE`] has passed with it still there and nothing in progress,
-    /// or at the end of the shutdown grace, shuts its socket down so the session ends.
+    /// Resolves when the connection must be closed whatever its session is doing: it
+    /// was asked to leave, [`EVICT_GRACE`] has passed, and it still has nothing in
+    /// progress (its client does not read the notice); or the shutdown grace ended. Run
+    /// it beside the session and drop the session when it resolves.
     pub async fn watch(&self) {
-        tokio::select! {
-            () = self.evicted.cancelled() => {
-                loop {
-                    tokio::time::sleep(EVICT_GRACE).await;
-                    if self.slots.force(self.id) {
-                        metrics::connection_forced();
-                        break;
-                    }
+        let overstayed = async {
+            self.evicted.cancelled().await;
+            loop {
+                tokio::time::sleep(EVICT_GRACE).await;
+                if !self.activity.busy() {
+                    break;
                 }
             }
+            metrics::connection_forced();
+        };
+        tokio::select! {
+            () = overstayed => {}
             () = self.slots.force.cancelled() => {}
         }
-        std::future::pending::<()>().await;
     }
 }
 
@@ -372,7 +344,7 @@ mod tests {
         let slots = Slots::new(4);
         let stop = CancellationToken::new();
         let admit = || {
-            let s = slots.admit(&stop, None).unwrap();
+            let s = slots.admit(&stop).unwrap();
             // In progress: never asked to leave.
             s.activity.report(true);
             s
@@ -400,7 +372,7 @@ mod tests {
         );
         assert_eq!(slots.open(), 4);
         // Full, everyone busy: nothing to ask to leave.
-        assert_eq!(slots.admit(&stop, None).err(), Some(Refused::Full));
+        assert_eq!(slots.admit(&stop).err(), Some(Refused::Full));
         drop(f);
         assert_eq!(slots.open(), 3);
         assert!(![&a, &d, &e].iter().any(|s| s.evicted()));
@@ -410,7 +382,7 @@ mod tests {
     fn the_idlest_connection_with_nothing_in_progress_leaves_first() {
         let slots = Slots::new(10); // high water: 9
         let stop = CancellationToken::new();
-        let mut held: Vec<Slot> = (0..9).map(|_| slots.admit(&stop, None).unwrap()).collect();
+        let mut held: Vec<Slot> = (0..9).map(|_| slots.admit(&stop).unwrap()).collect();
         for s in &held {
             s.activity.report(true);
         }
@@ -419,7 +391,7 @@ mod tests {
         held[3].activity.report(false);
         std::thread::sleep(Duration::from_millis(5));
         held[7].activity.report(false);
-        let newcomer = slots.admit(&stop, None).unwrap();
+        let newcomer = slots.admit(&stop).unwrap();
         assert!(held[3].evicted() && held[3].stop.is_cancelled());
         assert!(!held[7].evicted() && !stop.is_cancelled());
         assert_eq!(slots.open(), 9);
@@ -435,7 +407,7 @@ mod tests {
     fn process_shutdown_reaches_every_session() {
         let slots = Slots::new(2);
         let stop = CancellationToken::new();
-        let a = slots.admit(&stop, None).unwrap();
+        let a = slots.admit(&stop).unwrap();
         stop.cancel();
         assert!(a.stop.is_cancelled() && !a.evicted());
     }

@@ -7,7 +7,7 @@ use crate::context::{config_id, Shared};
 use crate::dircheck::{self, DirCheckError};
 use crate::proto::{self, LdapError};
 use crate::session::Session;
-use crate::slots::{Slot, Slots};
+use crate::slots::{Refused, Slot, Slots};
 use crate::tls::ServerTls;
 use crate::{bind, duo, metrics, proxy_protocol, tls};
 use ldap3_proto::proto::LdapResultCode;
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,12 +63,27 @@ impl Listeners {
     }
 }
 
+/// The accept queue of each listener. A flood connects faster than any accept loop
+/// takes connections; with the usual 128, the kernel drops the handshakes of clients
+/// that arrive meanwhile, and they retry after 1, 3, 7 s. The kernel caps it at
+/// `net.core.somaxconn` (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listening sockets; separate from [`serve`] so startup errors surface before
 /// the process reports itself ready. Errors name the address.
 pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
     let listen = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        };
+        socket
+            .and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(addr)?;
+                s.listen(LISTEN_BACKLOG)
+            })
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
     };
     let plain = listen(config.listen.address).await?;
@@ -192,7 +207,7 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
                 }
             },
         };
-        let slot = match slots.admit(&shutdown) {
+        let slot = match admit(&slots, &shutdown).await {
             Ok(slot) => slot,
             Err(why) => {
                 metrics::connection_refused(why.reason());
@@ -241,6 +256,26 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
     );
     slots.force_all();
     sessions.wait().await;
+}
+
+/// A slot for a new connection. When the table is full but connections asked to leave
+/// are still closing (a burst admits faster than their sessions get to run), waits a
+/// little for them before refusing: the accept queue holds the others meanwhile.
+async fn admit(slots: &Arc<Slots>, shutdown: &CancellationToken) -> Result<Slot, Refused> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        match slots.admit(shutdown) {
+            Err(Refused::Full) if slots.leaving() > 0 => {
+                if tokio::time::timeout_at(deadline, slots.released())
+                    .await
+                    .is_err()
+                {
+                    return Err(Refused::Full);
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// One client connection: its PROXY protocol header when its peer is a trusted balancer,

@@ -6,10 +6,12 @@
 //!   behind a PROXY protocol balancer): one address cannot take the table.
 //! - **Idle connections go first.** When more than [`HIGH_WATER_PERCENT`] of the table is
 //!   in use, each new connection asks the idlest connections with nothing in progress to
-//!   leave (the session drains: a Notice of Disconnection, unavailable, and a close).
-//!   A flood of connections that connect and send nothing, or stopped after their
-//!   answers, so never keeps a slot from a client that comes to do something, and a
-//!   connection with a bind pending or a search running is never asked. One that has not
+//!   leave (the session drains: a Notice of Disconnection, unavailable, and a close):
+//!   first those that never had anything in progress (connected and sent nothing, or
+//!   only part of a message), oldest first, then the others by how long ago they last
+//!   had. A flood of connections that do nothing so never keeps a slot from a client that
+//!   comes to do something, a client between two operations goes after every one of
+//!   them, and a connection with a bind pending or a search running is never asked. One that has not
 //!   left [`EVICT_GRACE`] after it was asked, and still has nothing in progress (its
 //!   client does not read the notice), is closed (its session is dropped).
 //!
@@ -34,36 +36,49 @@ pub const EVICT_GRACE: Duration = Duration::from_secs(2);
 /// up with a flood, few enough that one admission stays cheap.
 const EVICT_BATCH: usize = 8;
 
-/// What a session last reported: when, and whether anything was in progress.
+/// What a session reports: whether anything is in progress now, and when something last
+/// was (or when the connection was made, if nothing ever was). Written by the session
+/// alone, read by the table.
 pub struct Activity(AtomicU64);
 
 /// Milliseconds since the first use of the table's clock; cheap to compare.
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 1)
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 2)
 }
+
+const BUSY: u64 = 1;
+const EVER_BUSY: u64 = 2;
 
 impl Activity {
     fn new() -> Activity {
-        Activity(AtomicU64::new(now_ms() << 1))
+        Activity(AtomicU64::new(now_ms() << 2))
     }
 
-    /// Something happened on the session; `busy`: a bind is being decided, requests
-    /// wait behind it, or relayed operations await their final response.
+    /// After an event on the session; `busy`: a bind is being decided, requests wait
+    /// behind it, or relayed operations await their final response. Only time spent
+    /// with something in progress counts as activity: a connection that trickles bytes
+    /// of a message it never finishes, or sends nothing, stays as idle as when it came.
     pub fn report(&self, busy: bool) {
-        self.0.store(now_ms() << 1 | u64::from(busy), Relaxed);
+        let old = self.0.load(Relaxed);
+        if !busy && old & BUSY == 0 {
+            return;
+        }
+        let flags = if busy { BUSY | EVER_BUSY } else { EVER_BUSY };
+        self.0.store(now_ms() << 2 | flags, Relaxed);
     }
 
-    /// (milliseconds of the last report, busy then).
-    fn read(&self) -> (u64, bool) {
+    /// How idle the connection is, smallest idlest: connections that never had anything
+    /// in progress first (oldest first), then the others by when they last had.
+    fn idleness(&self) -> (bool, u64) {
         let v = self.0.load(Relaxed);
-        (v >> 1, v & 1 == 1)
+        (v & EVER_BUSY != 0, v >> 2)
     }
 
     /// Whether the session had something in progress at its last report.
     pub fn busy(&self) -> bool {
-        self.read().1
+        self.0.load(Relaxed) & BUSY != 0
     }
 }
 
@@ -101,6 +116,8 @@ pub struct Slots {
     table: Mutex<Table>,
     /// Cancelled at the end of the shutdown grace: every connection still open goes.
     force: CancellationToken,
+    /// Told whenever a connection goes.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -144,6 +161,7 @@ impl Slots {
             high_water,
             table: Mutex::new(Table::default()),
             force: CancellationToken::new(),
+            released: tokio::sync::Notify::new(),
         })
     }
 
@@ -189,22 +207,20 @@ impl Slots {
     }
 
     /// Asks up to `want` of the idlest connections with nothing in progress to leave.
-    /// Those leaving no longer count against the cap or their address; at most a quarter
-    /// of the table may be leaving at once (each still holds a socket until it closes).
+    /// Those leaving no longer count against the cap or their address; at most
+    /// `max_connections` may be leaving at once (each still holds a socket until it
+    /// closes, so the process holds at most twice the cap).
     fn evict(&self, t: &mut Table, want: usize) {
-        let room = (self.max / 4).max(1).saturating_sub(t.leaving);
+        let room = self.max.saturating_sub(t.leaving);
         let want = want.min(room);
         if want == 0 {
             return;
         }
-        let mut idle: Vec<(u64, u64)> = t
+        let mut idle: Vec<((bool, u64), u64)> = t
             .conns
             .iter()
-            .filter(|(_, c)| !c.evicted.is_cancelled())
-            .filter_map(|(id, c)| {
-                let (at, busy) = c.activity.read();
-                (!busy).then_some((at, *id))
-            })
+            .filter(|(_, c)| !c.evicted.is_cancelled() && !c.activity.busy())
+            .map(|(id, c)| (c.activity.idleness(), *id))
             .collect();
         if idle.len() > want {
             idle.select_nth_unstable(want - 1);
@@ -257,6 +273,17 @@ impl Slots {
         self.table().open
     }
 
+    /// Connections asked to leave that have not closed yet.
+    pub fn leaving(&self) -> usize {
+        self.table().leaving
+    }
+
+    /// Resolves when a connection has gone (or at once when one went since the last
+    /// call): a refused admission may try again once those leaving have closed.
+    pub async fn released(&self) {
+        self.released.notified().await;
+    }
+
     /// Closes every connection still open (the end of the shutdown grace): see
     /// [`Slot::watch`].
     pub fn force_all(&self) {
@@ -275,6 +302,8 @@ impl Slots {
             }
         }
         metrics::connection_slots(t.open, t.leaving);
+        drop(t);
+        self.released.notify_one();
     }
 }
 
@@ -382,25 +411,31 @@ mod tests {
     fn the_idlest_connection_with_nothing_in_progress_leaves_first() {
         let slots = Slots::new(10); // high water: 9
         let stop = CancellationToken::new();
-        let mut held: Vec<Slot> = (0..9).map(|_| slots.admit(&stop).unwrap()).collect();
+        let held: Vec<Slot> = (0..9).map(|_| slots.admit(&stop).unwrap()).collect();
         for s in &held {
             s.activity.report(true);
         }
-        // The idlest is one that reported nothing in progress, however recent others are.
-        std::thread::sleep(Duration::from_millis(5));
+        // Two finish what they were doing; ties go to the older connection.
         held[3].activity.report(false);
-        std::thread::sleep(Duration::from_millis(5));
         held[7].activity.report(false);
         let newcomer = slots.admit(&stop).unwrap();
         assert!(held[3].evicted() && held[3].stop.is_cancelled());
         assert!(!held[7].evicted() && !stop.is_cancelled());
         assert_eq!(slots.open(), 9);
         // The one leaving no longer counts; its slot is released once, when it goes.
-        let gone = held.remove(3);
-        drop(gone);
-        assert_eq!(slots.open(), 9);
-        drop(newcomer);
-        assert_eq!(slots.open(), 8);
+        assert_eq!(slots.leaving(), 1);
+        let mut held = held;
+        drop(held.remove(3));
+        assert_eq!((slots.open(), slots.leaving()), (9, 0));
+        // A connection that never had anything in progress goes before one between
+        // two operations, however recently it came.
+        let second = slots.admit(&stop).unwrap();
+        assert!(newcomer.evicted(), "the newcomer never did anything");
+        assert!(!held[6].evicted() && !second.evicted());
+        // Bytes of a message never finished are no activity.
+        second.activity.report(false);
+        let third = slots.admit(&stop).unwrap();
+        assert!(second.evicted() && !held[6].evicted() && !third.evicted());
     }
 
     #[test]

@@ -426,7 +426,7 @@ uris = ["ldap://127.0.0.1:3389"]
         assert_eq!(c.backend.uris[0].port, 3389);
         assert_eq!(c.backend.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(900)));
-        assert_eq!(c.limits.send_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.limits.send_timeout, Some(Duration::from_secs(15)));
         assert_eq!(c.limits.max_connections_per_address, 256);
         assert!(c.listen.proxy_protocol_from.is_empty());
         assert_eq!(c.runtime.worker_threads, 1);

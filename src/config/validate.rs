@@ -354,12 +354,13 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
         Duration::from_secs(15 * 60),
     )?;
     // A client that stops reading makes the proxy stop reading its backend connection,
-    // and 389 then holds a worker thread writing to it (measured: 20 such connections
-    // straight at 389 held a base search for 18 s). This bounds how long.
+    // and 389 then holds worker threads writing to it (measured: 20 such connections
+    // straight at 389 held a base search for 18 s). This bounds how long; a client that
+    // reads, however slowly, never has its window shut this long.
     let send_timeout = at.duration(
         raw.send_timeout.as_ref(),
         "limits.send_timeout",
-        Duration::from_secs(30),
+        Duration::from_secs(15),
     )?;
     let shutdown_grace = at.duration(
         raw.shutdown_grace.as_ref(),

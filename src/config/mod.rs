@@ -252,6 +252,12 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// How long in-flight operations may run after SIGTERM before connections are cut.
     pub shutdown_grace: Duration,
+    /// How long a client may take to finish sending a message it has begun (a client
+    /// that trickles bytes holds a connection and a buffer); `None` never.
+    pub request_timeout: Option<Duration>,
+    /// Relayed operations a connection may have in flight; beyond it the proxy stops
+    /// reading from that client until answers come back.
+    pub max_outstanding: usize,
 }
 
 /// How the async runtime is built.

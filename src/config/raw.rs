@@ -129,6 +129,8 @@ pub(super) struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub max_outstanding: Option<Spanned<i64>>,
 }
 
 /// `[runtime]`.

@@ -337,11 +337,20 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
         "limits.shutdown_grace",
         Duration::from_secs(30),
     )?;
+    let request_timeout = at.duration(
+        raw.request_timeout.as_ref(),
+        "limits.request_timeout",
+        Duration::from_secs(30),
+    )?;
+    let max_outstanding =
+        at.positive(raw.max_outstanding.as_ref(), "limits.max_outstanding", 256)?;
     Ok(Limits {
         max_message_size,
         max_connections,
         idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
         shutdown_grace,
+        request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
+        max_outstanding,
     })
 }
 

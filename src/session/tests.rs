@@ -363,14 +363,11 @@ fn unbind_while_a_bind_is_pending_closes() {
 
 #[test]
 fn idle_and_drain_wait_for_a_pending_bind() {
-    let t = Duration::from_secs(5);
     let later = Instant::now() + Duration::from_secs(60);
-    let mut c = core();
+    let idle = || core_with(config("[limits]\nidle_timeout = \"5s\""), true, false);
+    let mut c = idle();
     send(&mut c, &bind(1, ALICE, "pw"));
-    assert!(
-        c.idle_tick(later, t).is_some(),
-        "waiting for a push is not idle"
-    );
+    assert!(c.tick(later).is_some(), "waiting for a push is not idle");
     c.shutdown();
     assert!(!c.closing(), "shutdown waits for the pending bind");
     c.bind_decided(
@@ -382,9 +379,49 @@ fn idle_and_drain_wait_for_a_pending_bind() {
     assert_eq!(sent[1].msgid, 0, "then the Notice of Disconnection");
     assert!(c.closing());
 
-    let mut c = core();
-    assert_eq!(c.idle_tick(later, t), None);
+    let mut c = idle();
+    assert_eq!(c.tick(later), None);
     assert!(c.closing(), "idle and nothing in progress");
+}
+
+#[test]
+fn a_request_left_unfinished_past_the_request_timeout_ends_the_connection() {
+    let mut c = core_with(config("[limits]\nrequest_timeout = \"10s\""), true, false);
+    let t0 = Instant::now();
+    let req = search(1);
+    c.client_in().extend_from_slice(&req[..5]);
+    c.client_data(t0);
+    let deadline = c
+        .next_deadline()
+        .expect("a deadline for the unfinished request");
+    assert_eq!(deadline, t0 + Duration::from_secs(10));
+    // More bytes do not move the deadline: a trickle cannot hold the connection.
+    c.client_in().extend_from_slice(&req[5..8]);
+    c.client_data(t0 + Duration::from_secs(9));
+    assert_eq!(c.next_deadline(), Some(deadline));
+    assert!(c.tick(t0 + Duration::from_secs(9)).is_some());
+    assert_eq!(c.tick(deadline), None);
+    assert_eq!(to_client(&mut c)[0].msgid, 0, "a Notice of Disconnection");
+    assert!(c.closing());
+
+    // A request finished in time clears the deadline.
+    let mut c = core_with(config("[limits]\nrequest_timeout = \"10s\""), true, false);
+    c.client_in().extend_from_slice(&req[..5]);
+    c.client_data(t0);
+    c.client_in().extend_from_slice(&req[5..]);
+    c.client_data(t0 + Duration::from_secs(1));
+    assert_eq!(c.next_deadline(), None);
+}
+
+#[test]
+fn relayed_operations_in_flight_are_bounded() {
+    let mut c = core_with(config("[limits]\nmax_outstanding = 2"), true, false);
+    send(&mut c, &[search(1), search(2), search(3)].concat());
+    assert!(!c.may_read_client());
+    c.connected(Ok(()));
+    assert_eq!(to_backend(&mut c), [search(1), search(2)].concat());
+    answer(&mut c, &done(1));
+    assert_eq!(to_backend(&mut c), search(3), "room again: the third goes");
 }
 
 #[test]

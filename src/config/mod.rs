@@ -122,6 +122,9 @@ pub struct BindConfig {
     /// SASL mechanisms forwarded to the directory, upper-cased; every other SASL bind
     /// gets authMethodNotSupported (DESIGN §7).
     pub forward_sasl: Vec<String>,
+    /// How long the directory's answers about a bind DN that no route takes are reused;
+    /// `None`: asked every time.
+    pub lookup_cache: Option<Duration>,
 }
 
 /// What to do with a configured suffix the backend does not hold (389's pamMissingSuffix).

@@ -54,6 +54,7 @@ pub(super) struct RawBind {
     pub identity: Option<Identity>,
     pub insecure: Option<Insecure>,
     pub forward_sasl: Option<Vec<Spanned<String>>>,
+    pub lookup_cache: Option<Spanned<String>>,
 }
 
 /// `[pam]`.

@@ -139,7 +139,13 @@ pub(super) fn backend(at: &Locator, raw: &RawBackend) -> Result<BackendConfig, C
 
 /// `[bind]`: the global rules of the bind decision.
 pub(super) fn bind(at: &Locator, raw: &RawBind) -> Result<BindConfig, ConfigError> {
+    let lookup_cache = at.duration(
+        raw.lookup_cache.as_ref(),
+        "bind.lookup_cache",
+        Duration::from_secs(5),
+    )?;
     Ok(BindConfig {
+        lookup_cache: (!lookup_cache.is_zero()).then_some(lookup_cache),
         include_suffixes: at.dns(raw.include_suffixes.as_deref(), "bind.include_suffixes")?,
         exclude_suffixes: match raw.exclude_suffixes.as_deref() {
             Some(list) => at.dns(Some(list), "bind.exclude_suffixes")?,

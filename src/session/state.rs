@@ -201,13 +201,15 @@ impl SessionState {
             held_bytes: 0,
             forwarded: Vec::new(),
             outstanding: HashMap::new(),
-            link: Link::Idle,
+            // Connecting while the client sends its first request: a short connection
+            // (connect, bind, search, unbind) does not wait for a backend connect first.
+            link: Link::Connecting,
             from_client: BytesMut::new(),
             to_client: BytesMut::new(),
             local_pending: BytesMut::new(),
             to_backend: BytesMut::new(),
             from_backend: BytesMut::new(),
-            actions: VecDeque::new(),
+            actions: VecDeque::from([Action::Connect]),
             last_activity: Instant::now(),
             partial_since: None,
         }

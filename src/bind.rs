@@ -14,7 +14,8 @@ use crate::backend::{BackendStream, Backends};
 use crate::bind_request::{sasl_mechanism, BindRequest, Credentials};
 use crate::config::{Config, IdMap, Insecure, MissingSuffix, Route, Unmatched};
 use crate::dn::Dn;
-use crate::lookup::{Entry, LookupConn, LookupError, LookupPool};
+pub use crate::lookup::Resolved;
+use crate::lookup::{Entry, Facts, LookupConn, LookupError, LookupPool};
 use crate::pam_gate::{Attempt, PamGate, Rejection, Submit};
 use crate::pam_pool::{PamOutcome, TicketResult};
 use crate::proto::LdapError;
@@ -338,14 +339,6 @@ pub fn unmatched(config: &Config, why: &'static str) -> Plan {
     }
 }
 
-/// A bind DN's entry, resolved by the directory.
-#[derive(Debug)]
-pub struct Resolved {
-    pub entry: Entry,
-    /// The entry's DN as the proxy reads it.
-    pub dn: Dn,
-}
-
 /// Everything the directory said about a bind, and the plan that follows: what a bind
 /// acts on and what `explain` shows.
 #[derive(Debug)]
@@ -358,16 +351,43 @@ pub struct Resolution {
     pub plan: Plan,
 }
 
-/// Steps 1–7 with the directory's answers: resolve the client's spelling to the entry,
-/// scope it, ask which route filters it matches, plan.
-pub async fn resolve(
+/// Asks the directory about a bind (steps 1 and 3): which entry the client's spelling
+/// names and, when the proxy reads the spelling as that entry's DN and the entry is in
+/// scope, which candidate route filters match it.
+pub async fn ask(
     config: &Config,
     conn: &mut LookupConn<'_>,
     bind: &SimpleBind,
-    tls: bool,
-) -> Result<Resolution, LookupError> {
-    let entry = conn.entry(&bind.name, &identity_attrs(config)).await?;
-    let Some(entry) = entry else {
+) -> Result<Facts, LookupError> {
+    let Some(entry) = conn.entry(&bind.name, &identity_attrs(config)).await? else {
+        return Ok(Facts {
+            resolved: None,
+            matched: Vec::new(),
+        });
+    };
+    let Ok(dn) = Dn::parse(&entry.dn) else {
+        return Err(LookupError::Refused(format!(
+            "the directory returned a DN the proxy cannot read: {}",
+            crate::logsafe::Untrusted::new(&entry.dn)
+        )));
+    };
+    let mut matched = Vec::new();
+    if bind.spelled.as_ref() == Some(&dn) {
+        if let Triage::Candidates(candidates) = triage(config, &dn) {
+            let routes: Vec<&Route> = candidates.iter().map(|i| &config.routes[*i]).collect();
+            matched = conn.matches(&entry.dn, &routes).await?;
+        }
+    }
+    Ok(Facts {
+        resolved: Some(Resolved { entry, dn }),
+        matched,
+    })
+}
+
+/// Steps 1–7 from what the directory said: scope, route, lock, TLS, identity.
+pub fn resolution(config: &Config, bind: &SimpleBind, facts: Facts, tls: bool) -> Resolution {
+    let Facts { resolved, matched } = facts;
+    let Some(Resolved { entry, dn }) = resolved else {
         // Nothing for PAM to act for; the spelling decides only whether the directory
         // may still try (the root DN has no entry).
         let triage = bind.spelled.as_ref().map(|d| triage(config, d));
@@ -379,57 +399,56 @@ pub async fn resolve(
             },
             _ => unmatched(config, "no such entry"),
         };
-        return Ok(Resolution {
+        return Resolution {
             resolved: None,
             triage,
-            matched: Vec::new(),
+            matched,
             plan,
-        });
+        };
     };
-    let Ok(dn) = Dn::parse(&entry.dn) else {
-        return Err(LookupError::Refused(format!(
-            "the directory returned a DN the proxy cannot read: {}",
-            crate::logsafe::Untrusted::new(&entry.dn)
-        )));
-    };
-    let mut resolution = Resolution {
-        resolved: None,
-        triage: None,
-        matched: Vec::new(),
-        plan: Plan::Forward(""),
-    };
+    let scope = triage(config, &dn);
     // The proxy reads scope, route and identity from the entry; a spelling it reads as
-    // another DN (quotes, escapes of ordinary characters, attribute type aliases) could
-    // only be used to make the two disagree.
-    if bind.spelled.as_ref() != Some(&dn) {
-        let secure_scope = matches!(
-            triage(config, &dn),
-            Triage::Candidates(c) if refuses_clear_text(config, &c, tls)
-        );
-        resolution.plan = Plan::Reject {
+    // another DN (attribute type aliases, for one) could only be used to make the two
+    // disagree.
+    let plan = if bind.spelled.as_ref() != Some(&dn) {
+        let secure_scope =
+            matches!(&scope, Triage::Candidates(c) if refuses_clear_text(config, c, tls));
+        Plan::Reject {
             err: if secure_scope {
                 tls_required()
             } else {
                 invalid_credentials()
             },
             detail: "the bind DN is spelled differently from the entry's DN",
-        };
-        resolution.resolved = Some(Resolved { entry, dn });
-        return Ok(resolution);
-    }
-    let scope = triage(config, &dn);
-    resolution.plan = match &scope {
-        Triage::NotOurs(why) => Plan::Forward(why.reason()),
-        Triage::Unmatched => unmatched(config, "no route in scope"),
-        Triage::Candidates(candidates) => {
-            let routes: Vec<&Route> = candidates.iter().map(|i| &config.routes[*i]).collect();
-            resolution.matched = conn.matches(&entry.dn, &routes).await?;
-            plan(config, candidates, &resolution.matched, &entry, &dn, tls)
+        }
+    } else {
+        match &scope {
+            Triage::NotOurs(why) => Plan::Forward(why.reason()),
+            Triage::Unmatched => unmatched(config, "no route in scope"),
+            Triage::Candidates(candidates) => plan(config, candidates, &matched, &entry, &dn, tls),
         }
     };
-    resolution.triage = Some(scope);
-    resolution.resolved = Some(Resolved { entry, dn });
-    Ok(resolution)
+    Resolution {
+        resolved: Some(Resolved { entry, dn }),
+        triage: Some(scope),
+        matched,
+        plan,
+    }
+}
+
+/// [`ask`], then [`resolution`].
+pub async fn resolve(
+    config: &Config,
+    conn: &mut LookupConn<'_>,
+    bind: &SimpleBind,
+    tls: bool,
+) -> Result<Resolution, LookupError> {
+    Ok(resolution(
+        config,
+        bind,
+        ask(config, conn, bind).await?,
+        tls,
+    ))
 }
 
 /// The first candidate route whose filter matched.
@@ -680,10 +699,29 @@ pub async fn authenticate<P: Submit>(
     tls: bool,
 ) -> (Outcome, Trail) {
     let mut trail = Trail::default();
-    let resolution = match lookup.conn(&config.backend).await {
-        Ok(mut conn) => resolve(config, &mut conn, &bind, tls).await,
-        Err(e) => Err(e),
+    let facts = match config
+        .bind
+        .lookup_cache
+        .and_then(|_| lookup.cached(&bind.name))
+    {
+        Some(facts) => Ok(facts),
+        None => match lookup.conn(&config.backend).await {
+            Ok(mut conn) => ask(config, &mut conn, &bind).await.inspect(|facts| {
+                // Only facts that lead to no PAM transaction are remembered: a bind the
+                // directory decides (no entry, out of scope, no route matches) or
+                // refuses. Within `bind.lookup_cache` an entry that becomes routed is
+                // still forwarded; a routed entry is always asked about afresh (its
+                // lock, its route).
+                if let (Some(ttl), false) =
+                    (config.bind.lookup_cache, facts.matched.contains(&true))
+                {
+                    lookup.remember(&bind.name, facts.clone(), ttl);
+                }
+            }),
+            Err(e) => Err(e),
+        },
     };
+    let resolution = facts.map(|facts| resolution(config, &bind, facts, tls));
     let resolution = match resolution {
         Ok(r) => r,
         Err(e) => {
@@ -1062,6 +1100,76 @@ include_suffixes = ["ou=People,dc=example,dc=com"]
             plan(&c, &[0], &[true], &e, &dn, true),
             Plan::Reject { ref err, .. } if err.code == LdapResultCode::InvalidCredentials
         ));
+    }
+
+    fn simple(dn: &str) -> SimpleBind {
+        SimpleBind {
+            name: dn.into(),
+            spelled: Dn::parse(dn).ok(),
+            password: Password::from_vec(b"pw".to_vec()),
+            wants_authz_id: false,
+            wants_ppolicy: false,
+        }
+    }
+
+    #[test]
+    fn resolution_reads_the_entry_not_the_spelling() {
+        let c = config(TWO, "");
+        let (e, dn) = entry("uid=alice,ou=People,dc=example,dc=com", "alice", false);
+        let facts = |matched: &[bool]| Facts {
+            resolved: Some(Resolved {
+                entry: e.clone(),
+                dn: dn.clone(),
+            }),
+            matched: matched.to_vec(),
+        };
+        // The spelling 389 resolved to alice, read by the proxy as the same DN.
+        let r = resolution(
+            &c,
+            &simple("UID=Alice, ou=people,dc=example,dc=com"),
+            facts(&[true, false]),
+            true,
+        );
+        assert!(matches!(r.plan, Plan::Pam { route: 0, .. }));
+        // A spelling the proxy reads as another DN: refused, whatever the route.
+        let r = resolution(
+            &c,
+            &simple("userid=alice,ou=People,dc=example,dc=com"),
+            facts(&[]),
+            true,
+        );
+        assert!(
+            matches!(r.plan, Plan::Reject { ref err, .. } if err.code == LdapResultCode::InvalidCredentials)
+        );
+        // ... and on a clear connection in csu's (secure) scope, the clear-text answer.
+        let r = resolution(
+            &c,
+            &simple("userid=alice,ou=People,dc=example,dc=com"),
+            facts(&[]),
+            false,
+        );
+        assert!(
+            matches!(r.plan, Plan::Reject { ref err, .. } if err.code == LdapResultCode::ConfidentialityRequired)
+        );
+        // No entry: forwarded, or the clear-text answer in a secure scope.
+        let none = || Facts {
+            resolved: None,
+            matched: Vec::new(),
+        };
+        let nobody = simple("uid=nobody,ou=People,dc=example,dc=com");
+        assert_eq!(
+            resolution(&c, &nobody, none(), true).plan,
+            Plan::Forward("no such entry")
+        );
+        assert!(matches!(
+            resolution(&c, &nobody, none(), false).plan,
+            Plan::Reject { ref err, .. } if err.code == LdapResultCode::ConfidentialityRequired
+        ));
+        // The root DN has no entry and is never the proxy's.
+        assert_eq!(
+            resolution(&c, &simple("cn=Directory Manager"), none(), false).plan,
+            Plan::Forward("root DN")
+        );
     }
 
     #[test]

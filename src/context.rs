@@ -99,6 +99,8 @@ impl<P: Submit> Shared<P> {
     /// Puts `config` in force: sessions take it from their next bind.
     pub fn put_in_force(&self, config: Arc<Config>) {
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+        // Facts about bind DNs were asked under the old routes.
+        self.lookup.forget();
     }
 }
 

@@ -8,6 +8,7 @@
 
 use crate::backend::{self, BackendStream, Backends, ServiceBindError};
 use crate::config::{BackendConfig, Route};
+use crate::dn::Dn;
 use crate::proto;
 use bytes::BytesMut;
 use ldap3_proto::proto::{
@@ -15,8 +16,8 @@ use ldap3_proto::proto::{
     LdapSearchScope,
 };
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -47,6 +48,30 @@ impl Entry {
     }
 }
 
+/// A bind DN's entry, resolved by the directory, and its DN as the proxy reads it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub entry: Entry,
+    pub dn: Dn,
+}
+
+/// What the directory said about a bind DN: the entry it names, if any, and for each
+/// candidate route of that entry (in order) whether its filter matches.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub resolved: Option<Resolved>,
+    pub matched: Vec<bool>,
+}
+
+/// Most bind DNs whose facts are remembered at once.
+const CACHE_SIZE: usize = 10_000;
+
+/// Recent facts by bind DN as sent, until their expiry.
+#[derive(Default)]
+struct FactsCache {
+    facts: HashMap<String, (Instant, Facts)>,
+}
+
 /// The lookup could not be done; the bind gets unavailable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
@@ -63,6 +88,7 @@ pub enum LookupError {
 /// The shared pool of service-bound lookup connections.
 pub struct LookupPool {
     idle: Mutex<Vec<Conn>>,
+    cache: Mutex<FactsCache>,
     slots: Semaphore,
     /// Where its connections come from.
     backends: Arc<Backends>,
@@ -79,9 +105,42 @@ impl LookupPool {
     pub fn new(backends: Arc<Backends>) -> Self {
         LookupPool {
             idle: Mutex::new(Vec::new()),
+            cache: Mutex::default(),
             slots: Semaphore::new(POOL_SIZE),
             backends,
         }
+    }
+
+    /// The facts remembered for `name` (a bind DN as sent), if not expired.
+    pub fn cached(&self, name: &str) -> Option<Facts> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .facts
+            .get(name)
+            .filter(|(expiry, _)| *expiry > Instant::now())
+            .map(|(_, facts)| facts.clone())
+    }
+
+    /// Remembers `facts` for `name` for `ttl`. When the cache is full, expired facts go;
+    /// if that is not enough, these are not remembered.
+    pub fn remember(&self, name: &str, facts: Facts, ttl: Duration) {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.facts.len() >= CACHE_SIZE {
+            cache.facts.retain(|_, (expiry, _)| *expiry > now);
+        }
+        if cache.facts.len() < CACHE_SIZE {
+            cache.facts.insert(name.to_owned(), (now + ttl, facts));
+        }
+    }
+
+    /// Forgets every remembered fact: a reloaded configuration may ask other questions.
+    pub fn forget(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .facts
+            .clear();
     }
 
     /// Where the pool's connections come from: also where a bind that succeeded gets its

@@ -189,6 +189,9 @@ pub struct BindConfig {
     /// SASL mechanisms forwarded to the directory, upper-cased; every other SASL bind
     /// gets authMethodNotSupported (DESIGN §7).
     pub forward_sasl: Vec<String>,
+    /// How long the directory's answers about a bind DN that no route takes are reused;
+    /// `None`: asked every time.
+    pub lookup_cache: Option<Duration>,
 }
 
 /// What to do with a configured suffix the backend does not hold (389's pamMissingSuffix).
@@ -326,6 +329,12 @@ pub struct Limits {
     pub send_timeout: Option<Duration>,
     /// How long in-flight operations may run after SIGTERM before connections are cut.
     pub shutdown_grace: Duration,
+    /// How long a client may take to finish sending a message it has begun (a client
+    /// that trickles bytes holds a connection and a buffer); `None` never.
+    pub request_timeout: Option<Duration>,
+    /// Relayed operations a connection may have in flight; beyond it the proxy stops
+    /// reading from that client until answers come back.
+    pub max_outstanding: usize,
 }
 
 /// How the async runtime is built.

@@ -54,6 +54,7 @@ pub(super) struct RawBind {
     pub identity: Option<Identity>,
     pub insecure: Option<Insecure>,
     pub forward_sasl: Option<Vec<Spanned<String>>>,
+    pub lookup_cache: Option<Spanned<String>>,
 }
 
 /// `[pam]`.
@@ -132,6 +133,8 @@ pub(super) struct RawLimits {
     pub idle_timeout: Option<Spanned<String>>,
     pub send_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub max_outstanding: Option<Spanned<i64>>,
 }
 
 /// `[runtime]`.

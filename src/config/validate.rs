@@ -152,7 +152,13 @@ pub(super) fn backend(at: &Locator, raw: &RawBackend) -> Result<BackendConfig, C
 
 /// `[bind]`: the global rules of the bind decision.
 pub(super) fn bind(at: &Locator, raw: &RawBind) -> Result<BindConfig, ConfigError> {
+    let lookup_cache = at.duration(
+        raw.lookup_cache.as_ref(),
+        "bind.lookup_cache",
+        Duration::from_secs(5),
+    )?;
     Ok(BindConfig {
+        lookup_cache: (!lookup_cache.is_zero()).then_some(lookup_cache),
         include_suffixes: at.dns(raw.include_suffixes.as_deref(), "bind.include_suffixes")?,
         exclude_suffixes: match raw.exclude_suffixes.as_deref() {
             Some(list) => at.dns(Some(list), "bind.exclude_suffixes")?,
@@ -367,6 +373,13 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
         "limits.shutdown_grace",
         Duration::from_secs(30),
     )?;
+    let request_timeout = at.duration(
+        raw.request_timeout.as_ref(),
+        "limits.request_timeout",
+        Duration::from_secs(30),
+    )?;
+    let max_outstanding =
+        at.positive(raw.max_outstanding.as_ref(), "limits.max_outstanding", 256)?;
     Ok(Limits {
         max_message_size,
         max_connections,
@@ -374,6 +387,8 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
         idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
         send_timeout: (!send_timeout.is_zero()).then_some(send_timeout),
         shutdown_grace,
+        request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
+        max_outstanding,
     })
 }
 

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -81,7 +81,8 @@ enum Event {
     Handshaken(io::Result<Box<tokio_rustls::server::TlsStream<TcpStream>>>),
     BindDecided(Outcome, Trail),
     ShutdownRequested,
-    IdleCheck,
+    /// The core's deadline came.
+    Tick,
     /// Everything queued for the client is written and the session is ending.
     Finished,
 }
@@ -98,7 +99,9 @@ pub struct Session {
     /// The service-bound connection of a PAM success, until the core installs it.
     service_link: Option<BackendStream>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The core's next deadline (idle, unfinished request), when one is armed.
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
     /// Where the connection table reads whether this session is busy (crate::slots).
     activity: Option<Arc<slots::Activity>>,
 }
@@ -146,11 +149,10 @@ impl Session {
             shared.tls.is_some(),
             tls,
         );
-        let idle = shared
-            .config()
-            .limits
-            .idle_timeout
-            .map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        let armed = core.next_deadline();
+        let timer = Box::pin(tokio::time::sleep_until(
+            armed.unwrap_or_else(Instant::now).into(),
+        ));
         Session {
             peer,
             shared,
@@ -161,7 +163,8 @@ impl Session {
             deciding: None,
             service_link: None,
             shutdown: Box::pin(shutdown.cancelled_owned()),
-            idle,
+            timer,
+            armed,
             activity: None,
         }
     }
@@ -233,16 +236,34 @@ impl Session {
                     self.core.bind_decided(decision, trail);
                 }
                 Event::ShutdownRequested => self.core.shutdown(),
-                Event::IdleCheck => self.idle_check(),
+                Event::Tick => {
+                    self.armed = self.core.tick(Instant::now());
+                    if let Some(at) = self.armed {
+                        self.timer.as_mut().reset(at.into());
+                    }
+                }
                 Event::Finished => break,
             }
             self.carry_out();
+            self.rearm();
             if let Some(a) = &self.activity {
                 a.report(self.core.busy());
             }
         }
         self.core.finish();
         tracing::debug!(peer = %self.peer, "client connection closed");
+    }
+
+    /// Brings the timer forward when the core's next deadline came nearer (a request
+    /// begun and not finished). A later deadline waits for the timer to fire: re-arming
+    /// only then keeps the cost of a read to one comparison.
+    fn rearm(&mut self) {
+        if let Some(at) = self.core.next_deadline() {
+            if self.armed.map_or(true, |armed| at < armed) {
+                self.armed = Some(at);
+                self.timer.as_mut().reset(at.into());
+            }
+        }
     }
 
     /// Carries out what the core asked for, in order.
@@ -368,10 +389,8 @@ impl Session {
         if !self.core.draining() && self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::ShutdownRequested);
         }
-        if let Some((_, sleep)) = &mut self.idle {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::IdleCheck);
-            }
+        if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
         }
         Poll::Pending
     }
@@ -390,16 +409,6 @@ impl Session {
                 self.client = other;
                 self.core.close();
             }
-        }
-    }
-
-    fn idle_check(&mut self) {
-        let Some((timeout, sleep)) = &mut self.idle else {
-            return;
-        };
-        // Re-arming only when the timer fires keeps the per-read cost to one clock read.
-        if let Some(next) = self.core.idle_tick(Instant::now(), *timeout) {
-            sleep.as_mut().reset(next.into());
         }
     }
 }

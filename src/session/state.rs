@@ -176,6 +176,8 @@ pub struct SessionState {
     from_backend: BytesMut,
     actions: VecDeque<Action>,
     last_activity: Instant,
+    /// Since when the client has left a message unfinished (`limits.request_timeout`).
+    partial_since: Option<Instant>,
 }
 
 impl SessionState {
@@ -199,14 +201,17 @@ impl SessionState {
             held_bytes: 0,
             forwarded: Vec::new(),
             outstanding: HashMap::new(),
-            link: Link::Idle,
+            // Connecting while the client sends its first request: a short connection
+            // (connect, bind, search, unbind) does not wait for a backend connect first.
+            link: Link::Connecting,
             from_client: BytesMut::new(),
             to_client: BytesMut::new(),
             local_pending: BytesMut::new(),
             to_backend: BytesMut::new(),
             from_backend: BytesMut::new(),
-            actions: VecDeque::new(),
+            actions: VecDeque::from([Action::Connect]),
             last_activity: Instant::now(),
+            partial_since: None,
         }
     }
 
@@ -245,7 +250,7 @@ impl SessionState {
         self.phase == Phase::Open
             && self.to_backend.len() < HIGH_WATER
             && self.to_client.len() + self.local_pending.len() < 2 * HIGH_WATER
-            && !self.holding_full()
+            && !self.reading_blocked()
     }
 
     /// Whether the session may read more from the backend. While StartTLS is being
@@ -294,6 +299,14 @@ impl SessionState {
     pub fn client_data(&mut self, now: Instant) {
         self.last_activity = now;
         self.take_requests();
+        if self.from_client.is_empty() {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() && !self.reading_blocked() {
+            // What is left is the start of a message: the client has until the request
+            // timeout to finish it. (Whole requests left unread by backpressure do not
+            // count: the proxy is the one not reading.)
+            self.partial_since = Some(now);
+        }
     }
 
     /// Passes on what the backend sent.
@@ -487,16 +500,47 @@ impl SessionState {
         self.end_if_drained();
     }
 
-    /// The idle timer fired: closes the connection when nothing happened for `timeout`
-    /// and nothing is in progress; otherwise the time to look again.
-    pub fn idle_tick(&mut self, now: Instant, timeout: Duration) -> Option<Instant> {
-        let deadline = self.last_activity + timeout;
-        if now < deadline || self.busy() {
-            return Some(deadline.max(now + Duration::from_millis(100)));
+    /// When [`SessionState::tick`] should next run: the earlier of the idle deadline and
+    /// the deadline of a message the client has begun; `None` when neither applies.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let limits = &self.config.limits;
+        let idle = limits.idle_timeout.map(|t| self.last_activity + t);
+        let partial = self
+            .partial_since
+            .zip(limits.request_timeout)
+            .map(|(since, t)| since + t);
+        match (idle, partial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        tracing::info!(peer = %self.peer, "closing idle client connection");
-        self.phase = Phase::Closing;
-        None
+    }
+
+    /// The timer fired: ends a connection whose client left a message unfinished past
+    /// `limits.request_timeout`, or that has been idle for `limits.idle_timeout` with
+    /// nothing in progress. Returns when to look again.
+    pub fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let limits = &self.config.limits;
+        if let Some((since, timeout)) = self.partial_since.zip(limits.request_timeout) {
+            if now >= since + timeout {
+                tracing::info!(peer = %self.peer, "closing client connection: a request not completed within {timeout:?}");
+                self.disconnect(LdapError::new(
+                    LdapResultCode::ProtocolError,
+                    format!("the request was not completed within {timeout:?}"),
+                ));
+                return None;
+            }
+        }
+        if let Some(timeout) = limits.idle_timeout {
+            if now >= self.last_activity + timeout && !self.busy() && self.from_client.is_empty() {
+                tracing::info!(peer = %self.peer, "closing idle client connection");
+                self.phase = Phase::Closing;
+                return None;
+            }
+        }
+        // Never sooner than 100 ms: a busy connection past its idle deadline is looked at
+        // again, not spun on.
+        self.next_deadline()
+            .map(|d| d.max(now + Duration::from_millis(100)))
     }
 
     /// The connection ended: a bind still being decided runs on (its PAM transaction
@@ -516,7 +560,7 @@ impl SessionState {
 
     fn take_requests(&mut self) {
         let limit = self.config.limits.max_message_size;
-        while matches!(self.phase, Phase::Open | Phase::Draining) && !self.holding_full() {
+        while matches!(self.phase, Phase::Open | Phase::Draining) && !self.reading_blocked() {
             let env = match frame::peek(&self.from_client, limit) {
                 Ok(Some(env)) if self.from_client.len() >= env.len => env,
                 Ok(_) => return,
@@ -560,9 +604,12 @@ impl SessionState {
         }
     }
 
-    /// As many requests are held behind a bind as a session may hold.
-    fn holding_full(&self) -> bool {
-        self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES
+    /// The session takes no more requests for now: as many are held behind a bind as it
+    /// may hold, or as many relayed ones are in flight as `limits.max_outstanding` allows.
+    fn reading_blocked(&self) -> bool {
+        self.held.len() >= MAX_HELD
+            || self.held_bytes >= MAX_HELD_BYTES
+            || self.outstanding.len() >= self.config.limits.max_outstanding
     }
 
     fn dispatch(&mut self, env: Envelope, msg: Bytes) {
@@ -827,8 +874,12 @@ impl SessionState {
                 }
                 Ok(Step::Passed) => {}
                 Ok(Step::Ended(env)) => {
-                    if op::is_final_response(env.op) {
-                        self.outstanding.remove(&env.msgid);
+                    if op::is_final_response(env.op)
+                        && self.outstanding.remove(&env.msgid).is_some()
+                        && self.outstanding.len() + 1 == self.config.limits.max_outstanding
+                    {
+                        // Room again: requests left unread at the limit go now.
+                        self.take_requests();
                     }
                     if !self.local_pending.is_empty() {
                         self.to_client

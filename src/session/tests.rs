@@ -28,13 +28,17 @@ fn config(extra: &str) -> Arc<Config> {
     Arc::new(Config::parse(&text, "t.toml").unwrap())
 }
 
+/// A new session: its backend connection is being opened while the client sends its
+/// first request.
 fn core_with(config: Arc<Config>, tls_available: bool, tls: bool) -> SessionState {
-    SessionState::new(
+    let mut c = SessionState::new(
         "127.0.0.1:40000".parse().unwrap(),
         Box::new(move || Arc::clone(&config)),
         tls_available,
         tls,
-    )
+    );
+    assert!(matches!(actions(&mut c)[..], [Action::Connect]));
+    c
 }
 
 fn core() -> SessionState {
@@ -164,7 +168,6 @@ fn code(m: &LdapMsg) -> LdapResultCode {
 fn connected() -> SessionState {
     let mut c = core();
     send(&mut c, &search(1));
-    assert!(matches!(actions(&mut c)[..], [Action::Connect]));
     c.connected(Ok(()));
     to_backend(&mut c);
     answer(&mut c, &done(1));
@@ -178,7 +181,11 @@ fn pam_bound() -> SessionState {
     send(&mut c, &bind(1, ALICE, "pw"));
     assert!(matches!(actions(&mut c)[..], [Action::Decide { .. }]));
     c.bind_decided(Decision::Bound { dn: ALICE.into() }, Trail::default());
-    assert!(matches!(actions(&mut c)[..], [Action::InstallServiceLink]));
+    // The connection opened for the session at the start gives way to the service link.
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::RetireLink, Action::InstallServiceLink]
+    ));
     assert_eq!(code(&to_client(&mut c)[0]), LdapResultCode::Success);
     c
 }
@@ -188,7 +195,10 @@ fn relayed_requests_and_responses_pass_byte_for_byte() {
     let mut c = core();
     let req = search(7);
     send(&mut c, &req);
-    assert!(matches!(actions(&mut c)[..], [Action::Connect]));
+    assert!(
+        actions(&mut c).is_empty(),
+        "the connection is already being opened"
+    );
     assert!(c.busy());
     c.connected(Ok(()));
     assert_eq!(to_backend(&mut c), req);
@@ -349,7 +359,7 @@ fn require_tls_refuses_everything_but_unbind_in_the_clear() {
     );
     send(&mut c, &abandon(2, 1));
     assert!(to_client(&mut c).is_empty());
-    assert!(actions(&mut c).is_empty(), "nothing reaches the backend");
+    assert!(to_backend(&mut c).is_empty(), "nothing reaches the backend");
     send(&mut c, &unbind(3));
     assert!(c.closing());
 }
@@ -363,14 +373,11 @@ fn unbind_while_a_bind_is_pending_closes() {
 
 #[test]
 fn idle_and_drain_wait_for_a_pending_bind() {
-    let t = Duration::from_secs(5);
     let later = Instant::now() + Duration::from_secs(60);
-    let mut c = core();
+    let idle = || core_with(config("[limits]\nidle_timeout = \"5s\""), true, false);
+    let mut c = idle();
     send(&mut c, &bind(1, ALICE, "pw"));
-    assert!(
-        c.idle_tick(later, t).is_some(),
-        "waiting for a push is not idle"
-    );
+    assert!(c.tick(later).is_some(), "waiting for a push is not idle");
     c.shutdown();
     assert!(!c.closing(), "shutdown waits for the pending bind");
     c.bind_decided(
@@ -382,9 +389,49 @@ fn idle_and_drain_wait_for_a_pending_bind() {
     assert_eq!(sent[1].msgid, 0, "then the Notice of Disconnection");
     assert!(c.closing());
 
-    let mut c = core();
-    assert_eq!(c.idle_tick(later, t), None);
+    let mut c = idle();
+    assert_eq!(c.tick(later), None);
     assert!(c.closing(), "idle and nothing in progress");
+}
+
+#[test]
+fn a_request_left_unfinished_past_the_request_timeout_ends_the_connection() {
+    let mut c = core_with(config("[limits]\nrequest_timeout = \"10s\""), true, false);
+    let t0 = Instant::now();
+    let req = search(1);
+    c.client_in().extend_from_slice(&req[..5]);
+    c.client_data(t0);
+    let deadline = c
+        .next_deadline()
+        .expect("a deadline for the unfinished request");
+    assert_eq!(deadline, t0 + Duration::from_secs(10));
+    // More bytes do not move the deadline: a trickle cannot hold the connection.
+    c.client_in().extend_from_slice(&req[5..8]);
+    c.client_data(t0 + Duration::from_secs(9));
+    assert_eq!(c.next_deadline(), Some(deadline));
+    assert!(c.tick(t0 + Duration::from_secs(9)).is_some());
+    assert_eq!(c.tick(deadline), None);
+    assert_eq!(to_client(&mut c)[0].msgid, 0, "a Notice of Disconnection");
+    assert!(c.closing());
+
+    // A request finished in time clears the deadline.
+    let mut c = core_with(config("[limits]\nrequest_timeout = \"10s\""), true, false);
+    c.client_in().extend_from_slice(&req[..5]);
+    c.client_data(t0);
+    c.client_in().extend_from_slice(&req[5..]);
+    c.client_data(t0 + Duration::from_secs(1));
+    assert_eq!(c.next_deadline(), None);
+}
+
+#[test]
+fn relayed_operations_in_flight_are_bounded() {
+    let mut c = core_with(config("[limits]\nmax_outstanding = 2"), true, false);
+    send(&mut c, &[search(1), search(2), search(3)].concat());
+    assert!(!c.may_read_client());
+    c.connected(Ok(()));
+    assert_eq!(to_backend(&mut c), [search(1), search(2)].concat());
+    answer(&mut c, &done(1));
+    assert_eq!(to_backend(&mut c), search(3), "room again: the third goes");
 }
 
 #[test]
@@ -510,14 +557,13 @@ fn unreadable_requests_end_the_connection_with_a_notice() {
     let sent = to_client(&mut c);
     assert_eq!(sent[0].msgid, 0);
     assert!(c.closing());
-    assert!(actions(&mut c).is_empty(), "nothing reached the backend");
+    assert!(to_backend(&mut c).is_empty(), "nothing reached the backend");
 }
 
 #[test]
 fn a_lost_backend_answers_waiting_requests_and_a_refused_connect_answers_52() {
     let mut c = core();
     send(&mut c, &search(1));
-    actions(&mut c);
     c.connected(Err("no backend answers".into()));
     assert_eq!(code(&to_client(&mut c)[0]), LdapResultCode::Unavailable);
     assert!(!c.closing(), "the next request tries again");

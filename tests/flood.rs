@@ -8,8 +8,14 @@
 //!
 //! The limits at work: the connection table (`limits.max_connections` here 1,000, so the
 //! flood overfills it and idle connections are asked to leave), the cap per address,
-//! `limits.send_timeout` for clients that read nothing, `limits.max_message_size`, and
-//! the session's own backpressure.
+//! `limits.send_timeout` for clients that read nothing, `limits.request_timeout` for
+//! messages never finished, `limits.max_outstanding` and the session's backpressure for
+//! pipelined requests, and `limits.max_message_size`.
+//!
+//! A client that never reads its answers makes the proxy stop reading its backend
+//! connection, and 389 then holds worker threads writing to it until `send_timeout`
+//! ends the client (2 s here): the well-behaved client's slowest operations (a few
+//! seconds) are those that waited for 389 then. They still succeed.
 
 mod common;
 mod harness;
@@ -225,6 +231,8 @@ max_connections = {MAX_CONNECTIONS}
 max_connections_per_address = {PER_ADDRESS}
 max_message_size = {MAX_MESSAGE}
 send_timeout = "2s"
+request_timeout = "2s"
+max_outstanding = 8
 
 [[route]]
 name = "duo"

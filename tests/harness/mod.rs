@@ -363,3 +363,126 @@ pub fn proxy_with_pam_env(pam: &PamSetup, extra: &str, env: &[(&str, &str)]) -> 
     vars.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
     Proxy::try_start(&config, &vars).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
 }
+
+/// A free TCP port on 127.0.0.1 (nothing listens on it when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One 389 DS instance this test created with `tests/ds/ds.sh`.
+pub struct Instance {
+    pub name: String,
+    pub port: u16,
+    pub uri: String,
+    pub statedir: std::path::PathBuf,
+}
+
+impl Instance {
+    /// The value of `key` in the instance's `ds.env`.
+    pub fn env(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(self.statedir.join("ds.env")).expect("ds.env");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('\'').to_owned())
+            .unwrap_or_else(|| panic!("no {key} in ds.env"))
+    }
+
+    /// `ds.sh stop`: SIGTERM (SIGKILL after 10 s).
+    pub fn stop(&self) {
+        ds_sh(&["stop", &self.name]);
+    }
+
+    /// `ds.sh start`: returns once the root DSE answers.
+    pub fn start(&self) {
+        ds_sh(&["start", &self.name]);
+    }
+
+    /// The number of `dn:` lines a search of `base` (base scope) returns, asked directly.
+    pub fn has(&self, base: &str) -> bool {
+        let out = ldap_tool(
+            "ldapsearch",
+            &self.uri,
+            &["-x", "-LLL", "-b", base, "-s", "base", "1.1"],
+        );
+        out.code == 0 && out.stdout.contains("dn:")
+    }
+}
+
+/// Runs `tests/ds/ds.sh` with `args`; panics with its output when it fails.
+pub fn ds_sh(args: &[&str]) {
+    let out = std::process::Command::new(path_of("tests/ds/ds.sh"))
+        .args(args)
+        .output()
+        .expect("tests/ds/ds.sh");
+    assert!(
+        out.status.success(),
+        "ds.sh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two 389 DS instances of their own, suppliers in multi-supplier replication, created
+/// for one test and removed when dropped (`ds.sh create` twice in parallel, then
+/// `ds.sh replicate`: about 20 to 40 s).
+pub struct ReplicatedPair {
+    pub a: Instance,
+    pub b: Instance,
+    _dir: tempfile::TempDir,
+}
+
+impl ReplicatedPair {
+    pub fn create() -> ReplicatedPair {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let make = |tag: &str| Instance {
+            name: format!("lpprepl{}{tag}", std::process::id()),
+            port: 0,
+            uri: String::new(),
+            statedir: dir.path().join(tag),
+        };
+        let (mut a, mut b) = (make("a"), make("b"));
+        let children: Vec<_> = [&mut a, &mut b]
+            .into_iter()
+            .map(|i| {
+                i.port = free_port();
+                i.uri = format!("ldap://127.0.0.1:{}", i.port);
+                std::process::Command::new(path_of("tests/ds/ds.sh"))
+                    .args(["create", &i.name, &i.port.to_string()])
+                    .arg(&i.statedir)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("tests/ds/ds.sh create")
+            })
+            .collect();
+        // Made now, so a failure below still removes both instances.
+        let pair = ReplicatedPair { a, b, _dir: dir };
+        for child in children {
+            let out = child.wait_with_output().expect("ds.sh create");
+            assert!(
+                out.status.success(),
+                "ds.sh create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ds_sh(&[
+            "replicate",
+            &pair.a.statedir.to_string_lossy(),
+            &pair.b.statedir.to_string_lossy(),
+        ]);
+        pair
+    }
+}
+
+impl Drop for ReplicatedPair {
+    fn drop(&mut self) {
+        for i in [&self.a, &self.b] {
+            let _ = std::process::Command::new(path_of("tests/ds/ds.sh"))
+                .args(["remove", &i.name])
+                .output();
+        }
+    }
+}

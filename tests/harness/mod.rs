@@ -352,9 +352,16 @@ impl Wire {
 /// flood at debug level writes more log than the test's reader takes in, and a proxy
 /// blocked on its stderr pipe measures the pipe, not the proxy).
 pub fn proxy_with_pam_env(pam: &PamSetup, extra: &str, env: &[(&str, &str)]) -> Proxy {
+    proxy_with(pam, "", extra, env)
+}
+
+/// A proxy in front of the test directory with its service account, under pam_wrapper
+/// with `pam`'s services: `listen` is added to the `[listen]` table, `extra` (tables)
+/// after `[backend]`, `env` to its environment.
+pub fn proxy_with(pam: &PamSetup, listen: &str, extra: &str, env: &[(&str, &str)]) -> Proxy {
     let ds = directory();
     let config = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\n\n[backend]\nuris = [\"{}\"]\nconnect_timeout = \"2s\"\nservice_dn = \"{}\"\nservice_password_file = \"{}\"\n\n{extra}\n",
+        "[listen]\naddress = \"127.0.0.1:0\"\n{listen}\n\n[backend]\nuris = [\"{}\"]\nconnect_timeout = \"2s\"\nservice_dn = \"{}\"\nservice_password_file = \"{}\"\n\n{extra}\n",
         ds.uri,
         ds.service_dn,
         ds.service_pw_file.display()

@@ -349,12 +349,3 @@ secure = false
     assert_eq!(directory_password_successes.load(Relaxed), 0, "{summary}");
     assert!(directory_password_tries.load(Relaxed) > 0, "{summary}");
 }
-
-/// Stops the traffic threads when dropped, so a failed assertion ends the test.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Relaxed);
-    }
-}

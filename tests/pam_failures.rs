@@ -70,40 +70,6 @@ secure = false
     .to_owned()
 }
 
-/// Lets every transaction waiting in `hang.sh` go on (it then fails): opens the FIFO
-/// they read for writing and closes it. Only call while some wait, or it blocks.
-fn release_hangs(pam: &PamSetup) {
-    let fifo = pam.state().join("hang.fifo");
-    drop(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&fifo)
-            .expect("open hang.fifo"),
-    );
-}
-
-/// Releases whatever still hangs when the test ends, passing or not, so no pam_exec
-/// child outlives it: a non-blocking open fails at once when nobody waits.
-struct ReleaseOnDrop(std::path::PathBuf);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        use std::os::unix::fs::OpenOptionsExt;
-        const O_NONBLOCK: i32 = 0o4000;
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(O_NONBLOCK)
-            .open(&self.0);
-    }
-}
-
-fn hangs(pam: &PamSetup) -> usize {
-    std::fs::read_to_string(pam.state().join("hangs"))
-        .unwrap_or_default()
-        .lines()
-        .count()
-}
-
 /// The result and diagnostic message of the bind a connection waits for.
 fn bind_answer(c: &mut RawClient) -> (LdapResultCode, String) {
     match c.recv().expect("bind response").op {
@@ -112,27 +78,11 @@ fn bind_answer(c: &mut RawClient) -> (LdapResultCode, String) {
     }
 }
 
-/// Stops the traffic threads when dropped, so a failed assertion ends the test instead
-/// of leaving them running.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Relaxed);
-    }
-}
-
 #[test]
 fn failing_pam_modules_leave_everything_else_served() {
     let pam = PamSetup::new(PASSDB);
     pam.write_state("slowfail-delay", "2");
-    let fifo = pam.state().join("hang.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
-    let _release = ReleaseOnDrop(fifo);
+    let hangs = Hangs::new(&pam);
     let proxy = Proxy::with_pam(&pam, &config());
     let sampler = Sampler::start(proxy.pid());
 
@@ -184,7 +134,7 @@ fn failing_pam_modules_leave_everything_else_served() {
             let (code, message) = bind_answer(c);
             assert_eq!(code, LdapResultCode::Unavailable, "{message}");
         }
-        assert_eq!(hangs(&pam), 2, "the route's cap: two inside libpam");
+        assert_eq!(hangs.count(), 2, "the route's cap: two inside libpam");
         // Stuck: past their deadline, still inside libpam.
         assert_eq!(proxy.metric(STUCK), Some(2.0));
 
@@ -207,7 +157,7 @@ fn failing_pam_modules_leave_everything_else_served() {
 
         // The stuck workers still count until libpam returns, then come back.
         assert_eq!(proxy.metric(STUCK), Some(2.0));
-        release_hangs(&pam);
+        hangs.release();
         assert!(
             eventually(Duration::from_secs(20), || proxy.metric(STUCK) == Some(0.0)),
             "stuck {:?}",
@@ -219,11 +169,11 @@ fn failing_pam_modules_leave_everything_else_served() {
             .map(|u| start_bind(&proxy, u, "any"))
             .collect();
         assert!(
-            eventually(Duration::from_secs(20), || hangs(&pam) == 4),
+            eventually(Duration::from_secs(20), || hangs.count() == 4),
             "{} hangs",
-            hangs(&pam)
+            hangs.count()
         );
-        release_hangs(&pam);
+        hangs.release();
         for c in &mut again {
             let (code, message) = bind_answer(c);
             assert_eq!(code, LdapResultCode::Unavailable, "{message}");

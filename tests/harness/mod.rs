@@ -493,3 +493,63 @@ impl Drop for ReplicatedPair {
         }
     }
 }
+
+/// The `hang` test service's transactions (tests/pam/hang.sh): each waits, inside libpam,
+/// until the test releases them all. Made before the proxy starts; whatever still waits
+/// is released when this is dropped, so no pam_exec child outlives the test.
+pub struct Hangs {
+    state: std::path::PathBuf,
+}
+
+impl Hangs {
+    pub fn new(pam: &PamSetup) -> Hangs {
+        let fifo = pam.state().join("hang.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        Hangs { state: pam.state() }
+    }
+
+    /// Transactions that reached the module so far.
+    pub fn count(&self) -> usize {
+        std::fs::read_to_string(self.state.join("hangs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    /// Lets every waiting transaction go on (it then fails). Only call while some wait,
+    /// or it blocks until one does.
+    pub fn release(&self) {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.state.join("hang.fifo"))
+                .expect("open hang.fifo"),
+        );
+    }
+}
+
+impl Drop for Hangs {
+    fn drop(&mut self) {
+        // Non-blocking: fails at once when nobody waits.
+        use std::os::unix::fs::OpenOptionsExt;
+        const O_NONBLOCK: i32 = 0o4000;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(self.state.join("hang.fifo"));
+    }
+}
+
+/// Stops traffic threads when dropped, so a failed assertion ends a test instead of
+/// leaving them running.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}

@@ -6,6 +6,8 @@
 //! session's [`backend`] connection ([`policy`] decides what a PAM-bound user's requests
 //! become), and [`proto`] builds the answers the proxy gives itself.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod ber;
 pub mod bind;

@@ -146,19 +146,17 @@ impl Pki {
 
 /// The DER of the first certificate in a PEM file.
 fn der_of(pem: &Path) -> Vec<u8> {
-    let file = std::fs::File::open(pem).expect("pem");
-    rustls_pemfile::certs(&mut std::io::BufReader::new(file))
-        .next()
-        .expect("a certificate")
-        .expect("PEM")
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(pem)
+        .expect("a PEM certificate")
         .to_vec()
 }
 
 /// A rustls client configuration trusting `ca`.
 fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    let file = std::fs::File::open(ca).expect("ca");
-    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(cert.expect("PEM")).expect("CA");
     }
     Arc::new(

@@ -299,39 +299,6 @@ fn pam_duo_that_would_fail_open_stops_the_start() {
     );
 }
 
-/// Removes a subtree of the test directory when dropped (as Directory Manager).
-struct Subtree(String);
-
-impl Subtree {
-    /// `ou=<name>,<suffix>` with `aci` (if any) and one internal user `uid=<uid>`.
-    fn create(name: &str, aci: Option<&str>, uid: &str) -> Subtree {
-        let ds = directory();
-        let base = format!("ou={name},{}", ds.suffix);
-        let aci = aci.map(|a| format!("aci: {a}\n")).unwrap_or_default();
-        let ldif = format!(
-            "dn: {base}\nobjectClass: top\nobjectClass: organizationalUnit\nou: {name}\n{aci}\n\
-             dn: uid={uid},{base}\nobjectClass: top\nobjectClass: person\nobjectClass: organizationalPerson\n\
-             objectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
-             uidNumber: 60001\ngidNumber: 10000\nhomeDirectory: /home/{uid}\n"
-        );
-        let mut args = as_root();
-        args.push("-a".into());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = ldap_tool_input("ldapmodify", &ds.uri, &args, Some(&ldif));
-        assert_eq!(out.code, 0, "{out:?}");
-        Subtree(base)
-    }
-}
-
-impl Drop for Subtree {
-    fn drop(&mut self) {
-        let mut args = as_root();
-        args.extend(["-r".to_owned(), self.0.clone()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
-    }
-}
-
 /// The service account's rights on the attributes a route filter uses are checked at
 /// start: without read/search on homeDirectory in the route's scope (a deny ACI on a
 /// throwaway subtree, so tests running beside this one are not affected), the proxy
@@ -349,7 +316,11 @@ fn missing_rights_on_a_filter_attribute_stop_the_start() {
         "(targetattr = \"homeDirectory\")(version 3.0; acl \"rights test: no homeDirectory\"; deny (read, search, compare) userdn = \"ldap:///{}\";)",
         ds.service_dn
     );
-    let denied = Subtree::create(&unique("RightsTest"), Some(&deny), "rt-denied");
+    let denied = Subtree::create(
+        &unique("RightsTest"),
+        Some(&deny),
+        &["rt-denied".to_owned()],
+    );
     let pam = PamSetup::new(PASSDB);
     match Proxy::try_with_pam(&pam, &route(&denied.0)) {
         Ok(p) => panic!("started without rights on homeDirectory:\n{}", p.log()),
@@ -359,7 +330,7 @@ fn missing_rights_on_a_filter_attribute_stop_the_start() {
             }
         }
     }
-    let allowed = Subtree::create(&unique("RightsTest"), None, "rt-allowed");
+    let allowed = Subtree::create(&unique("RightsTest"), None, &["rt-allowed".to_owned()]);
     let proxy = Proxy::with_pam(&pam, &route(&allowed.0));
     assert!(
         !proxy.log().contains("cannot read and search"),

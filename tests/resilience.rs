@@ -315,7 +315,7 @@ fn a_waiting_transaction_whose_client_left_is_not_started() {
         "ldap_pam_proxy_pam_transactions_skipped_total{reason=\"abandoned\"}",
         1.0,
     );
-    assert_eq!(pam.pushes(), [format!("alice 127.0.0.1")]);
+    assert_eq!(pam.pushes(), ["alice 127.0.0.1"]);
     // Bob, back, gets a push of his own.
     let mut bob = start_bind(&proxy, "bob", "bob-pampw");
     assert_eq!(bind_result(&mut bob), LdapResultCode::Success);

@@ -21,7 +21,8 @@ const STUCK: &str = "ldap_pam_proxy_pam_workers{state=\"stuck\"}";
 #[test]
 fn pool_gauges_follow_pending_binds() {
     let pam = PamSetup::new(PASSDB);
-    pam.set_duo_delay(3);
+    // Both pushes stay pending until the test lets them go.
+    let hold = pam.hold();
     let proxy = Proxy::with_pam(&pam, &duo_route("[pam]\nworkers = 4"));
     assert_eq!(proxy.metric(BUSY), Some(0.0));
     assert_eq!(
@@ -36,6 +37,7 @@ fn pool_gauges_follow_pending_binds() {
         proxy.metric(BUSY)
     );
     assert_eq!(proxy.metric("ldap_pam_proxy_client_connections"), Some(2.0));
+    hold.release();
     assert_eq!(bind_result(&mut a), LdapResultCode::Success);
     assert_eq!(bind_result(&mut b), LdapResultCode::Success);
     assert!(eventually(Duration::from_secs(10), || proxy.metric(BUSY) == Some(0.0)));
@@ -63,11 +65,16 @@ fn pool_gauges_follow_pending_binds() {
 #[test]
 fn stuck_workers_are_counted_until_libpam_returns() {
     let pam = PamSetup::new(PASSDB);
-    pam.set_duo_delay(3);
-    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"1s\"\n[pam]\nworkers = 2"));
+    let hold = pam.hold();
+    // The deadline leaves a loaded machine time to start the push, which is then held
+    // past it.
+    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"3s\"\n[pam]\nworkers = 2"));
     let mut c = start_bind(&proxy, "alice", "alice-pampw");
     assert_eq!(bind_result(&mut c), LdapResultCode::Unavailable);
+    assert!(eventually(Duration::from_secs(15), || pam.pushes().len() == 1));
     assert_eq!(proxy.metric(STUCK), Some(1.0));
+    assert_eq!(proxy.metric(BUSY), Some(1.0));
+    hold.release();
     assert!(
         eventually(Duration::from_secs(10), || proxy.metric(STUCK) == Some(0.0)
             && proxy.metric(BUSY) == Some(0.0)),
@@ -168,11 +175,14 @@ fn sighup_reloads_routes_and_refuses_a_broken_file() {
 fn passwords_never_reach_the_logs() {
     let marker = "Zx9-secret-marker-7Qw";
     let pam = PamSetup::new(PASSDB);
-    pam.set_duo_delay(2);
-    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"1s\""));
+    // Bob's push is held past his deadline (long enough for a loaded machine to start
+    // it), so it is still running for the refusal below.
+    let hold = pam.hold();
+    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"3s\""));
     // PAM says no (after the deadline, the transaction still ends with AUTH_ERR).
     let mut c = start_bind(&proxy, "bob", marker);
     assert_eq!(bind_result(&mut c), LdapResultCode::Unavailable);
+    assert!(eventually(Duration::from_secs(15), || pam.pushes().len() == 1));
     // The directory says no (a forwarded bind).
     let out = ldap_tool(
         "ldapwhoami",
@@ -187,6 +197,7 @@ fn passwords_never_reach_the_logs() {
         proxy.metric("ldap_pam_proxy_binds_rate_limited_total{reason=\"in_flight\"}"),
         Some(1.0)
     );
+    hold.release();
     assert!(eventually(Duration::from_secs(10), || proxy.metric(
         "ldap_pam_proxy_pam_transactions_total{service=\"duo\",outcome=\"auth_err\"}"
     ) == Some(1.0)));
@@ -389,8 +400,12 @@ fn directory_checks_wait_for_a_directory_that_is_down() {
         proxy.http_get("/readyz"),
         proxy.log()
     );
+    // /readyz turns ready just before the line is logged, and the log is read from the
+    // proxy's stderr as it comes.
     assert!(
-        proxy.log().contains("directory checks passed"),
+        eventually(Duration::from_secs(10), || proxy
+            .log()
+            .contains("directory checks passed")),
         "{}",
         proxy.log()
     );

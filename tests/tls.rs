@@ -942,17 +942,22 @@ fn pam_bind_over_tls_on_secure_route() {
     assert_eq!(clear.code, 13, "{clear:?}");
     assert_eq!(pam.pushes().len(), 1, "no PAM call for a clear bind");
 
-    // bob's route is not secure and its PAM transaction takes 2 s: StartTLS meanwhile
-    // gets operationsError, and the bind still completes.
-    pam.set_duo_delay(2);
+    // bob's route is not secure and his push is held: StartTLS while the bind is pending
+    // in PAM gets operationsError, and the bind still completes.
+    let hold = pam.hold();
     let mut c = Conn::connect(proxy.addr);
     c.send(bind_request(
         1,
         &format!("uid=bob,{}", people()),
         "bob-pampw",
     ));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(15), || pam.pushes().len() == 2),
+        "bob's push: {:?}",
+        pam.pushes()
+    );
     assert_eq!(c.start_tls(2).0, LdapResultCode::OperationsError);
+    hold.release();
     let m = c.recv().expect("bind response");
     let LdapOp::BindResponse(r) = m.op else {
         panic!("{m:?}")

@@ -192,3 +192,92 @@ fn dashboard_and_alerts_query_exported_metrics() {
         "queried but not exported by a live proxy: {missing:?}\nexported: {live:?}"
     );
 }
+
+/// The production example, config/ldap-pam-proxy.toml, passes `check-config` as shipped,
+/// with stand-ins for its host's files (service password, TLS certificate, key and CAs,
+/// PAM services), and is the secure setup: TLS on both listeners and to the backends,
+/// secure routes.
+#[test]
+fn the_production_example_passes_check_config() {
+    let text = std::fs::read_to_string(repo("config/ldap-pam-proxy.toml")).unwrap();
+    for setting in [
+        "ldaps_address = \"0.0.0.0:636\"",
+        "require_tls = true",
+        "[tls]",
+        "ca = \"/etc/ldap-pam-proxy/tls/ds-ca.pem\"",
+    ] {
+        assert!(text.contains(setting), "the example lacks {setting}");
+    }
+    assert!(
+        !text.contains("uris = [\"ldap://") && text.contains("uris = [\"ldaps://"),
+        "backends over LDAPS"
+    );
+    assert!(
+        !text.contains("secure = false") && !text.to_lowercase().contains("not served yet"),
+        "secure routes, no stale text"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let stand_in = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(stand_in("service.pw"), "secret\n").unwrap();
+    let openssl = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=ldap.example.com"])
+        .args([
+            "-keyout",
+            &stand_in("server.key"),
+            "-out",
+            &stand_in("server.crt"),
+        ])
+        .output()
+        .expect("openssl");
+    assert!(openssl.status.success(), "{openssl:?}");
+    std::fs::copy(stand_in("server.crt"), stand_in("ds-ca.pem")).unwrap();
+    let services = dir.path().join("pam.d");
+    std::fs::create_dir(&services).unwrap();
+    for svc in ["duo", "csu"] {
+        std::fs::write(
+            services.join(svc),
+            "auth required pam_permit.so\naccount required pam_permit.so\n",
+        )
+        .unwrap();
+    }
+    let config = text
+        .replace("/etc/ldap-pam-proxy/service.pw", &stand_in("service.pw"))
+        .replace(
+            "/etc/ldap-pam-proxy/tls/server.crt",
+            &stand_in("server.crt"),
+        )
+        .replace(
+            "/etc/ldap-pam-proxy/tls/server.key",
+            &stand_in("server.key"),
+        )
+        .replace("/etc/ldap-pam-proxy/tls/ds-ca.pem", &stand_in("ds-ca.pem"));
+    let settings: Vec<&str> = config
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        settings.iter().all(|l| !l.contains("/etc/ldap-pam-proxy/")),
+        "a file without a stand-in: {settings:?}"
+    );
+    let path = dir.path().join("ldap-pam-proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    // check-config looks for PAM services where pam_wrapper would (it does not need to
+    // be loaded for that).
+    let out = Command::new(env!("CARGO_BIN_EXE_ldap-pam-proxy"))
+        .arg("check-config")
+        .arg(&path)
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", &services)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -115,6 +115,21 @@ impl Sssd {
     fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Whether this sssd is in a mount namespace of its own, serving its NSS and PAM
+    /// sockets (they appear in the directory that stands in for /var/lib/sss). Until
+    /// then, a client "in its namespace" could be in the host's and reach the host's
+    /// sssd, if one runs.
+    fn serving(&mut self) -> bool {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let own = ns(&self.child.id().to_string());
+        let pipes = self.dir.path().join("sss/pipes");
+        self.running()
+            && own.is_some()
+            && own != ns("self")
+            && pipes.join("nss").exists()
+            && pipes.join("pam").exists()
+    }
 }
 
 impl Drop for Sssd {
@@ -166,6 +181,12 @@ secure = false
     let host_nsswitch = host_file("/etc/nsswitch.conf");
     let mut sssd = Sssd::start(&proxy.uri(), &directory().suffix);
     assert!(
+        eventually(Duration::from_secs(30), || sssd.serving()),
+        "sssd did not come up in its namespace (running: {}):\n{}",
+        sssd.running(),
+        sssd.log()
+    );
+    assert!(
         eventually(Duration::from_secs(30), || {
             sssd.command("getent", &["passwd", "alice"])
                 .output()
@@ -214,6 +235,12 @@ secure = false
     assert!(
         coalesced >= 1.0,
         "expected sssd's retries to join the push, {coalesced} did:\n{}",
+        proxy.log()
+    );
+    // It was this sssd, through the proxy, that resolved and logged alice in.
+    assert!(
+        proxy.log().contains("uid=alice,ou=People"),
+        "{}",
         proxy.log()
     );
     // Nothing of this reached the host's configuration.

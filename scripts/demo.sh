@@ -346,8 +346,9 @@ Try:
   # the same bind in clear text is refused before PAM: confidentialityRequired (13)
   ldapwhoami -x -H $PROXY_URI -D uid=erin,ou=People,$DS_SUFFIX -w erin-csu-pw
 
-  # noposix matches no route: the bind is forwarded, 389 checks its own password
-  ldapwhoami -x -H $PROXY_URI -D uid=noposix,ou=People,$DS_SUFFIX -w noposix-dirpw
+  # noposix matches no route: the bind is forwarded, 389 checks its own password (over TLS
+  # too: in clear text every bind in a secure route's scope gets 13, route or not)
+  ldapwhoami -x -ZZ -H $PROXY_URI -D uid=noposix,ou=People,$DS_SUFFIX -w noposix-dirpw
 
   # two identical binds at once share one push (one new line in duo-pushes)
   for i in 1 2; do ldapwhoami -x -H $LDAPS_URI -D uid=bob,ou=People,$DS_SUFFIX -w bob-duo-pw & done; wait

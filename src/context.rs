@@ -113,9 +113,10 @@ pub fn config_id(config: &Arc<Config>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pam_pool::{PamRequest, PoolError, TicketResult};
+    use crate::config::Route;
+    use crate::pam_gate::Submission;
+    use crate::pam_pool::{NotStarted, PamOutcome, PoolError};
     use std::future::Future;
-    use std::time::Duration;
 
     /// A PAM pool that takes no work: enough for a context whose test never reaches PAM.
     struct NoPool;
@@ -123,11 +124,13 @@ mod tests {
     impl Submit for NoPool {
         fn submit(
             &self,
-            _: PamRequest,
-            _: Duration,
-        ) -> Result<impl Future<Output = TicketResult> + Send + 'static, PoolError> {
-            Err::<std::future::Ready<TicketResult>, _>(PoolError::ShutDown)
+            _: Submission,
+        ) -> Result<impl Future<Output = Result<PamOutcome, NotStarted>> + Send + 'static, PoolError>
+        {
+            Err::<std::future::Ready<Result<PamOutcome, NotStarted>>, _>(PoolError::ShutDown)
         }
+
+        fn set_routes(&self, _: &[Route]) {}
     }
 
     fn config(level: &str) -> Config {

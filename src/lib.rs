@@ -38,6 +38,8 @@
 //! Around it: [`config`] reads the file, [`check`], [`dircheck`], [`duo`], [`explain`]
 //! and [`import389`] are the administrators' tools, [`metrics`] the endpoint.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod ber;
 pub mod bind;

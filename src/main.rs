@@ -1,5 +1,7 @@
 //! The `ldap-pam-proxy` command: runs the proxy and the administrators' tools.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ldap_pam_proxy::backend::Backends;

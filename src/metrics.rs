@@ -107,6 +107,11 @@ pub fn pam_transaction(service: &str, outcome: &str, seconds: f64) {
         .record(seconds);
 }
 
+/// A PAM transaction dropped before it started (`reason`: expired, abandoned, too_late).
+pub fn pam_transaction_skipped(reason: &'static str) {
+    counter!("ldap_pam_proxy_pam_transactions_skipped_total", "reason" => reason).increment(1);
+}
+
 /// A bind served by another bind's transaction.
 pub fn bind_coalesced() {
     counter!("ldap_pam_proxy_binds_coalesced_total").increment(1);

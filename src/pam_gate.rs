@@ -22,8 +22,16 @@
 //!   lock the user out of the addresses the user logs in from. IPv6 addresses are charged
 //!   per /64, which one host normally holds whole. Joining an identical transaction and a
 //!   success-cache hit cost nothing: they start no push.
-//! - **Per-route concurrency.** `max_concurrent` workers at most per route, so a slow
-//!   service cannot take every worker from a fast one; binds beyond it wait their turn.
+//! - **Fair shares.** Transactions are submitted to the pool as their route's: no route
+//!   can take every worker or every queue slot from another, and routes waiting for a
+//!   worker are served in turn (see [`crate::pam_pool`]); `max_concurrent` caps a route
+//!   further.
+//! - **No push for nobody.** A transaction that is waiting for a worker is not started
+//!   once no client has waited on it for `pam.coalesce_grace` (a retry within that time
+//!   joins it, so sssd's retry every 8 s still finds it), nor when less of its deadline
+//!   is left than the service's fastest recent success took: its client would get
+//!   unavailable anyway, after a push nobody can answer in time. Both are counted in
+//!   `ldap_pam_proxy_pam_transactions_skipped_total`.
 //! - **Success cache** (opt-in per route), per client address like coalescing.
 //!
 //! Transactions are driven by their own task, not by the bind that started them: a client
@@ -36,7 +44,9 @@
 
 use crate::config::{PamConfig, Route};
 use crate::metrics;
-use crate::pam_pool::{PamOutcome, PamPool, PamRequest, PamTicket, PoolError, TicketResult};
+use crate::pam_pool::{
+    NotStarted, PamOutcome, PamPool, PamRequest, PamTicket, PoolError, StartCheck, TicketResult,
+};
 use crate::secret::Password;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -46,11 +56,15 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// The window of the attempt budget.
 const WINDOW: Duration = Duration::from_secs(60);
+
+/// Successes remembered per PAM service for "too little time left": the fastest of the
+/// last this many.
+const SPEED_SAMPLES: usize = 16;
 
 /// Most (entry, client address) attempt records kept. A record is made only by an attempt
 /// that started a transaction or was refused behind one, so filling this within a minute
@@ -81,33 +95,94 @@ pub enum Attempt {
     Rejected(Rejection),
 }
 
+/// One transaction for the pool.
+pub struct Submission {
+    /// The route it is for: the pool's fair shares and caps are per route.
+    pub route: String,
+    pub request: PamRequest,
+    /// Counts from the submission; the pool drops a transaction that has not started by
+    /// then.
+    pub deadline: Duration,
+    /// Asked when a worker is about to start it, with the time left before `deadline`.
+    pub check: StartCheck,
+}
+
 /// What the gate needs from the PAM pool. [`PamPool`] is the one implementation outside
 /// tests; the gate's own unit tests script one, so the gate's rules are tested without
 /// libpam.
 pub trait Submit: Send + Sync + 'static {
-    /// Queues `request`; `deadline` counts from now and is the pool's, for dropping a
-    /// transaction that has not started in time. The returned future resolves when the
-    /// transaction ends, however long that takes (callers apply their own deadlines),
-    /// or with [`TicketResult::DeadlinePassed`] when it expired before starting.
+    /// Queues a transaction. The returned future resolves when it ends, however long
+    /// that takes (callers apply their own deadlines), or with the reason it was dropped
+    /// without starting.
     ///
     /// # Errors
-    /// The pool could not take the request; it is dropped with its password.
+    /// The pool could not take it; it is dropped with its password.
     fn submit(
         &self,
-        request: PamRequest,
-        deadline: Duration,
-    ) -> Result<impl Future<Output = TicketResult> + Send + 'static, PoolError>;
+        job: Submission,
+    ) -> Result<impl Future<Output = Result<PamOutcome, NotStarted>> + Send + 'static, PoolError>;
+
+    /// The routes of the configuration in force, in order (fair shares, `max_concurrent`).
+    fn set_routes(&self, routes: &[Route]);
 }
 
 impl Submit for PamPool {
     fn submit(
         &self,
-        request: PamRequest,
-        deadline: Duration,
-    ) -> Result<impl Future<Output = TicketResult> + Send + 'static, PoolError> {
-        PamPool::submit(self, request, deadline).map(PamTicket::wait_for_worker)
+        job: Submission,
+    ) -> Result<impl Future<Output = Result<PamOutcome, NotStarted>> + Send + 'static, PoolError>
+    {
+        self.submit_to(&job.route, job.request, job.deadline, Some(job.check))
+            .map(PamTicket::finished)
+    }
+
+    fn set_routes(&self, routes: &[Route]) {
+        self.set_classes(routes.iter().map(|r| (r.name.as_str(), r.max_concurrent)));
     }
 }
+
+/// The clients waiting on one transaction, for "no push for nobody".
+#[derive(Default)]
+struct Waiters(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    /// Binds waiting for its result now.
+    count: usize,
+    /// When the last of them stopped waiting (its client left, or its deadline passed).
+    last_left: Option<Instant>,
+    /// The latest deadline of the binds that waited on it.
+    deadline: Option<Instant>,
+    /// When a worker started it.
+    started: Option<Instant>,
+}
+
+/// One bind waiting on a transaction, for as long as it lives.
+struct WaitGuard(Arc<Waiters>);
+
+impl WaitGuard {
+    /// A bind that waits until `deadline`.
+    fn new(waiters: &Arc<Waiters>, deadline: Instant) -> WaitGuard {
+        let mut w = lock(&waiters.0);
+        w.count += 1;
+        w.deadline = w.deadline.max(Some(deadline));
+        drop(w);
+        WaitGuard(Arc::clone(waiters))
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let mut w = lock(&self.0 .0);
+        w.count -= 1;
+        if w.count == 0 {
+            w.last_left = Some(Instant::now());
+        }
+    }
+}
+
+/// Per PAM service, how long its last successes took, newest last.
+type Speeds = Arc<Mutex<HashMap<String, VecDeque<Duration>>>>;
 
 type Key = [u8; 32];
 
@@ -120,8 +195,8 @@ type Who = (String, IpAddr);
 
 struct State {
     /// Transactions identical binds may join: in flight, or decided less than the grace
-    /// window ago.
-    joinable: HashMap<Key, Joinable>,
+    /// window ago; with the binds waiting on them.
+    joinable: HashMap<Key, (Joinable, Arc<Waiters>)>,
     /// Per entry, the transaction in flight.
     running: HashMap<String, Running>,
     /// Per (entry, source), the attempts of the last minute, oldest first.
@@ -249,37 +324,20 @@ pub struct PamGate<P = PamPool> {
     secret: [u8; 64],
     settings: Mutex<Settings>,
     state: Arc<Mutex<State>>,
+    speeds: Speeds,
 }
 
 /// What a configuration reload may change.
 struct Settings {
     max_per_minute: usize,
     grace: Duration,
-    /// Per capped route: (its cap, the slots). Kept across reloads while the cap stays,
-    /// so transactions in flight keep counting against it.
-    route_slots: HashMap<String, (usize, Arc<Semaphore>)>,
 }
 
 impl Settings {
-    fn new(pam: &PamConfig, routes: &[Route], old: Option<&Settings>) -> Settings {
-        let route_slots = routes
-            .iter()
-            .filter_map(|r| {
-                let cap = r.max_concurrent?;
-                let kept = old
-                    .and_then(|o| o.route_slots.get(&r.name))
-                    .filter(|(n, _)| *n == cap)
-                    .map(|(_, s)| Arc::clone(s));
-                Some((
-                    r.name.clone(),
-                    (cap, kept.unwrap_or_else(|| Arc::new(Semaphore::new(cap)))),
-                ))
-            })
-            .collect();
+    fn new(pam: &PamConfig) -> Settings {
         Settings {
             max_per_minute: pam.max_attempts_per_minute,
             grace: pam.coalesce_grace,
-            route_slots,
         }
     }
 }
@@ -288,8 +346,9 @@ impl Settings {
 enum Decision {
     /// The success cache answered.
     Cached,
-    /// Wait for this transaction's result (one this bind started or joined).
-    Wait(Joinable),
+    /// Wait for this transaction's result (one this bind started or joined), counted
+    /// among its waiters while it has not started.
+    Wait(Joinable, WaitGuard),
     /// Refused behind the entry's transaction in flight: wait for its end, then refuse.
     Refuse(Joinable),
     Rejected(Rejection),
@@ -303,19 +362,21 @@ impl<P: Submit> PamGate<P> {
     pub fn new(pool: Arc<P>, pam: &PamConfig, routes: &[Route]) -> std::io::Result<Self> {
         let mut secret = [0u8; 64];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+        pool.set_routes(routes);
         Ok(PamGate {
             pool,
             secret,
-            settings: Mutex::new(Settings::new(pam, routes, None)),
+            settings: Mutex::new(Settings::new(pam)),
             state: Arc::new(Mutex::new(State::new(Instant::now()))),
+            speeds: Speeds::default(),
         })
     }
 
-    /// Takes the guard settings and route caps of a reloaded configuration; transactions
-    /// in flight, the grace windows of finished ones and the attempt records carry on.
+    /// Takes the guard settings and routes of a reloaded configuration; transactions in
+    /// flight, the grace windows of finished ones and the attempt records carry on.
     pub fn reconfigure(&self, pam: &PamConfig, routes: &[Route]) {
-        let mut settings = lock(&self.settings);
-        *settings = Settings::new(pam, routes, Some(&settings));
+        *lock(&self.settings) = Settings::new(pam);
+        self.pool.set_routes(routes);
     }
 
     /// The pool behind the gate.
@@ -366,9 +427,9 @@ impl<P: Submit> PamGate<P> {
         client: IpAddr,
     ) -> Attempt {
         let deadline = Instant::now() + route.timeout;
-        match self.decide(route, entry, identity, password, client) {
+        match self.decide(route, entry, identity, password, client, deadline) {
             Decision::Cached => Attempt::Done(TicketResult::Completed(PamOutcome::Success)),
-            Decision::Wait(rx) => wait(rx, deadline).await,
+            Decision::Wait(rx, _waiting) => wait(rx, deadline).await,
             Decision::Refuse(mut running) => {
                 // Whatever ends the wait (result, deadline, shutdown), the answer is the
                 // same refusal.
@@ -411,15 +472,12 @@ impl<P: Submit> PamGate<P> {
         identity: &str,
         password: Password,
         client: IpAddr,
+        deadline: Instant,
     ) -> Decision {
         let key = self.key(route, entry, identity, &password, client);
-        let (max_per_minute, grace, slot) = {
+        let (max_per_minute, grace) = {
             let settings = lock(&self.settings);
-            let slot = settings
-                .route_slots
-                .get(&route.name)
-                .map(|(_, s)| Arc::clone(s));
-            (settings.max_per_minute, settings.grace, slot)
+            (settings.max_per_minute, settings.grace)
         };
         let now = Instant::now();
         let who = (entry.to_owned(), source(client));
@@ -429,9 +487,9 @@ impl<P: Submit> PamGate<P> {
             metrics::success_cache_hit();
             return Decision::Cached;
         }
-        if let Some(rx) = st.joinable.get(&key) {
+        if let Some((rx, waiters)) = st.joinable.get(&key) {
             metrics::bind_coalesced();
-            return Decision::Wait(rx.clone());
+            return Decision::Wait(rx.clone(), WaitGuard::new(waiters, deadline));
         }
         if st.attempts(&who, now) >= max_per_minute {
             metrics::bind_rate_limited("rate");
@@ -451,6 +509,9 @@ impl<P: Submit> PamGate<P> {
             passcode_delimiter: route.passcode_delimiter.clone(),
         };
         let (tx, rx) = watch::channel(None);
+        let waiters = Arc::new(Waiters::default());
+        // Counted before the pool can ask about it.
+        let waiting = WaitGuard::new(&waiters, deadline);
         let driver = Driver {
             state: Arc::clone(&self.state),
             tx,
@@ -459,40 +520,26 @@ impl<P: Submit> PamGate<P> {
             service: route.pam_service.clone(),
             grace,
             cache_for: route.success_cache,
+            waiters: Arc::clone(&waiters),
+            speeds: Arc::clone(&self.speeds),
         };
-        let timeout = route.timeout;
-        match slot {
-            // An uncapped route submits now, so a full queue is reported to the bind at
-            // once and costs it nothing.
-            None => match self.pool.submit(request, timeout) {
-                Ok(ticket) => {
-                    tokio::spawn(driver.run(ticket));
-                }
-                Err(e) => {
-                    return Decision::Rejected(match e {
-                        PoolError::QueueFull => Rejection::QueueFull,
-                        PoolError::ShutDown => Rejection::ShutDown,
-                    })
-                }
-            },
-            // A capped route submits when one of its slots frees.
-            Some(slot) => {
-                let pool = Arc::clone(&self.pool);
-                tokio::spawn(driver.run(async move {
-                    let started = Instant::now();
-                    match tokio::time::timeout(timeout, slot.acquire_owned()).await {
-                        // The permit lives until libpam returns, deadline or not.
-                        Ok(Ok(_permit)) => {
-                            match pool.submit(request, timeout.saturating_sub(started.elapsed())) {
-                                Ok(ticket) => ticket.await,
-                                Err(e) => TicketResult::Completed(PamOutcome::Unavailable {
-                                    reason: e.to_string(),
-                                }),
-                            }
-                        }
-                        _ => TicketResult::DeadlinePassed,
-                    }
-                }));
+        let job = Submission {
+            route: route.name.clone(),
+            request,
+            deadline: route.timeout,
+            check: start_check(Arc::clone(&waiters), Arc::clone(&self.speeds), route, grace),
+        };
+        // Submitted now, so a full queue is reported to the bind at once and costs it
+        // nothing.
+        match self.pool.submit(job) {
+            Ok(transaction) => {
+                tokio::spawn(driver.run(transaction));
+            }
+            Err(e) => {
+                return Decision::Rejected(match e {
+                    PoolError::QueueFull => Rejection::QueueFull,
+                    PoolError::ShutDown => Rejection::ShutDown,
+                })
             }
         }
         // The driver needs this lock to finish, so it cannot end before these are in.
@@ -504,9 +551,52 @@ impl<P: Submit> PamGate<P> {
                 done: rx.clone(),
             },
         );
-        st.joinable.insert(key, rx.clone());
-        Decision::Wait(rx)
+        st.joinable.insert(key, (rx.clone(), waiters));
+        Decision::Wait(rx, waiting)
     }
+}
+
+/// Whether a worker may start a transaction of `route` now:
+///
+/// - not when no client has waited on it for `grace`: an identical retry within that time
+///   joins it (sssd retries within 8 s), so until then it stays wanted;
+/// - not when its waiters' latest deadline is nearer than the service's fastest recent
+///   success took: they would get unavailable anyway, after a push nobody can answer in
+///   time. Only when that success was within the route's timeout, so that a slow service
+///   is never kept from running at all (and from showing it got faster).
+///
+/// The pool's own deadline (the first bind's) is not what counts here: retries that
+/// joined wait longer.
+fn start_check(
+    waiters: Arc<Waiters>,
+    speeds: Speeds,
+    route: &Route,
+    grace: Duration,
+) -> StartCheck {
+    let (service, timeout) = (route.pam_service.clone(), route.timeout);
+    Box::new(move |_pool_left| {
+        let now = Instant::now();
+        let mut w = lock(&waiters.0);
+        if w.count == 0 {
+            if w.last_left
+                .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+            {
+                return Err(NotStarted::Abandoned);
+            }
+        } else {
+            let left = w
+                .deadline
+                .map_or(timeout, |d| d.saturating_duration_since(now));
+            let fastest = lock(&speeds)
+                .get(&service)
+                .and_then(|d| d.iter().min().copied());
+            if fastest.is_some_and(|fastest| fastest <= timeout && left < fastest) {
+                return Err(NotStarted::TooLate);
+            }
+        }
+        w.started = Some(now);
+        Ok(())
+    })
 }
 
 /// Drives one transaction to its end, then hands its result to every waiter and frees
@@ -519,17 +609,37 @@ struct Driver {
     service: String,
     grace: Duration,
     cache_for: Option<Duration>,
+    waiters: Arc<Waiters>,
+    speeds: Speeds,
 }
 
 impl Driver {
-    async fn run(self, transaction: impl Future<Output = TicketResult>) {
-        let started = Instant::now();
-        let result = transaction.await;
-        metrics::pam_transaction(
-            &self.service,
-            outcome_label(&result),
-            started.elapsed().as_secs_f64(),
-        );
+    async fn run(self, transaction: impl Future<Output = Result<PamOutcome, NotStarted>>) {
+        let submitted = Instant::now();
+        let end = transaction.await;
+        let result = match end {
+            Ok(outcome) => {
+                let now = Instant::now();
+                let started = lock(&self.waiters.0).started.unwrap_or(submitted);
+                let took = now.saturating_duration_since(started);
+                if outcome == PamOutcome::Success {
+                    let mut speeds = lock(&self.speeds);
+                    let recent = speeds.entry(self.service.clone()).or_default();
+                    if recent.len() == SPEED_SAMPLES {
+                        recent.pop_front();
+                    }
+                    recent.push_back(took);
+                }
+                let result = TicketResult::Completed(outcome);
+                metrics::pam_transaction(&self.service, outcome_label(&result), took.as_secs_f64());
+                result
+            }
+            // Its waiters, if any, get unavailable, as when a deadline passes.
+            Err(why) => {
+                metrics::pam_transaction_skipped(why.label());
+                TicketResult::DeadlinePassed
+            }
+        };
         // Only a decision is worth repeating to a retry; a transient failure is not.
         let decisive = matches!(
             result,
@@ -608,16 +718,33 @@ mod tests {
     use crate::config::IdMap;
     use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
     use tokio::time::sleep;
 
-    /// A pool whose transactions each take `delay`; the password says how one ends.
-    #[derive(Default)]
+    /// (identity, PAM_RHOST) of a transaction.
+    type Started = (String, Option<String>);
+
+    /// A pool whose transactions each take `delay`; the password says how one ends. Its
+    /// workers take waiting transactions in the order they came, asking each one's start
+    /// check first, as the real pool does.
     struct Fake {
         delay: Mutex<Duration>,
         full: AtomicBool,
         /// (identity, PAM_RHOST) of every transaction started.
-        started: Mutex<Vec<(String, Option<String>)>>,
+        started: Arc<Mutex<Vec<Started>>>,
+        workers: Arc<Semaphore>,
+    }
+
+    impl Default for Fake {
+        fn default() -> Fake {
+            Fake {
+                delay: Mutex::default(),
+                full: AtomicBool::default(),
+                started: Arc::default(),
+                workers: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            }
+        }
     }
 
     impl Fake {
@@ -629,13 +756,19 @@ mod tests {
     impl Submit for Fake {
         fn submit(
             &self,
-            request: PamRequest,
-            _deadline: Duration,
-        ) -> Result<impl Future<Output = TicketResult> + Send + 'static, PoolError> {
+            job: Submission,
+        ) -> Result<impl Future<Output = Result<PamOutcome, NotStarted>> + Send + 'static, PoolError>
+        {
             if self.full.load(Relaxed) {
                 return Err(PoolError::QueueFull);
             }
-            lock(&self.started).push((request.identity.clone(), request.rhost.clone()));
+            let Submission {
+                request,
+                deadline,
+                check,
+                ..
+            } = job;
+            let who = (request.identity.clone(), request.rhost.clone());
             let outcome = match request.password.as_bytes() {
                 b"right" => PamOutcome::Success,
                 b"down" => PamOutcome::Unavailable {
@@ -643,12 +776,24 @@ mod tests {
                 },
                 _ => PamOutcome::AuthFailed,
             };
+            drop(request);
             let delay = *lock(&self.delay);
+            let deadline = Instant::now() + deadline;
+            let (started, workers) = (Arc::clone(&self.started), Arc::clone(&self.workers));
             Ok(async move {
+                let _worker = workers.acquire_owned().await.expect("workers");
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(NotStarted::Expired);
+                }
+                check(left)?;
+                lock(&started).push(who);
                 sleep(delay).await;
-                TicketResult::Completed(outcome)
+                Ok(outcome)
             })
         }
+
+        fn set_routes(&self, _routes: &[Route]) {}
     }
 
     /// Counts the counters the gate increments. Installed for the test's thread, which
@@ -776,8 +921,14 @@ mod tests {
     impl Setup {
         /// Transactions take `delay`.
         fn new(pam: PamConfig, route: Route, delay: Duration) -> Setup {
+            Setup::with_workers(pam, route, delay, Semaphore::MAX_PERMITS)
+        }
+
+        /// As [`Setup::new`], with at most `workers` transactions running at once.
+        fn with_workers(pam: PamConfig, route: Route, delay: Duration, workers: usize) -> Setup {
             let fake = Fake {
                 delay: Mutex::new(delay),
+                workers: Arc::new(Semaphore::new(workers)),
                 ..Fake::default()
             };
             let gate =
@@ -1070,25 +1221,103 @@ mod tests {
         assert_eq!(s.pool().count(), 2, "each undecided bind got its own try");
     }
 
+    const ABANDONED: &str = "ldap_pam_proxy_pam_transactions_skipped_total{reason=\"abandoned\"}";
+    const TOO_LATE: &str = "ldap_pam_proxy_pam_transactions_skipped_total{reason=\"too_late\"}";
+    const CAROL: &str = "uid=carol,ou=people,dc=example,dc=com";
+    const DAVE: &str = "uid=dave,ou=people,dc=example,dc=com";
+
+    /// No push for nobody: a transaction waiting for a worker is dropped when it gets
+    /// one if no client has waited on it for the grace window, and started if its client
+    /// left less than that ago (a retry may still come for it).
     #[tokio::test(start_paused = true)]
-    async fn a_capped_route_queues_binds_across_a_reload() {
-        let pam = pam(10, secs(10));
-        let s = Setup::new(pam.clone(), route(|r| r.max_concurrent = Some(1)), secs(5));
-        let first = s.bind(ALICE, "alice", "right", A);
-        let second = s.bind(BOB, "bob", "right", A);
+    async fn a_transaction_nobody_waits_for_is_not_started() {
+        let counters = Counters::default();
+        let _recorder = ::metrics::set_default_local_recorder(&counters);
+        let s = Setup::with_workers(pam(10, secs(10)), route(|_| {}), secs(60), 1);
+        // Alice's push takes the one worker for a minute.
+        let alice = s.bind(ALICE, "alice", "right", A);
         sleep(secs(1)).await;
-        s.gate
-            .reconfigure(&pam, &[route(|r| r.max_concurrent = Some(1))]);
-        let third = s.bind("uid=carol,ou=people,dc=example,dc=com", "carol", "right", A);
-        let took: Vec<Duration> = [
-            answer(first).await.1,
-            answer(second).await.1,
-            answer(third).await.1,
-        ]
-        .into();
-        assert_took(took[0], secs(5));
-        assert_took(took[1], secs(10));
-        assert_took(took[2], secs(14));
+        let bob = s.bind(BOB, "bob", "right", A);
+        let carol = s.bind(CAROL, "carol", "right", A);
+        sleep(secs(4)).await;
+        // Bob's client gives up at 5 s, carol's at 55 s: at 60 s, when the worker frees,
+        // nobody has waited on bob's for 55 s, on carol's for 5 s.
+        bob.abort();
+        sleep(secs(50)).await;
+        carol.abort();
+        assert_eq!(answer(alice).await.0, success());
+        sleep(secs(1)).await;
+        let started: Vec<String> = lock(&s.pool().started)
+            .iter()
+            .map(|(who, _)| who.clone())
+            .collect();
+        assert_eq!(started, ["alice", "carol"]);
+        assert_eq!((counters.get(ABANDONED), counters.get(TOO_LATE)), (1, 0));
+        // Bob's retry after that is a new login, with a push of its own.
+        sleep(secs(60)).await;
+        assert_eq!(s.run(BOB, "bob", "right", A).await.0, success());
+        assert_eq!(s.pool().count(), 3);
+    }
+
+    /// sssd's retries (abandon and the same bind again every 8 s) keep joining a
+    /// transaction that waits for a worker, so it starts, and the last retry gets the
+    /// answer of one push.
+    #[tokio::test(start_paused = true)]
+    async fn retries_keep_a_waiting_transaction_wanted() {
+        let counters = Counters::default();
+        let _recorder = ::metrics::set_default_local_recorder(&counters);
+        let s = Setup::with_workers(pam(10, secs(10)), route(|_| {}), secs(60), 1);
+        let alice = s.bind(ALICE, "alice", "right", A);
+        sleep(secs(1)).await;
+        let mut bob = s.bind(BOB, "bob", "right", A);
+        for _ in 0..7 {
+            sleep(secs(8)).await;
+            bob.abort();
+            sleep(Duration::from_millis(3)).await;
+            bob = s.bind(BOB, "bob", "right", A);
+        }
+        assert_eq!(answer(alice).await.0, success());
+        let (attempt, took) = answer(bob).await;
+        assert_eq!(attempt, success());
+        // Its retry came at 57 s; the transaction started at 60 s and took a minute.
+        assert_took(took, Duration::from_millis(120_000 - 57_021));
+        assert_eq!(s.pool().count(), 2);
+        assert_eq!(counters.get(ABANDONED), 0);
+        assert_eq!(
+            counters.get("ldap_pam_proxy_binds_coalesced_total{}"),
+            7,
+            "every retry joined"
+        );
+    }
+
+    /// A transaction that gets a worker with less of its deadline left than the service's
+    /// fastest recent success took is not started: its client gets unavailable at once,
+    /// instead of after a push nobody could answer in time.
+    #[tokio::test(start_paused = true)]
+    async fn too_little_time_left_is_not_started() {
+        let counters = Counters::default();
+        let _recorder = ::metrics::set_default_local_recorder(&counters);
+        let s = Setup::with_workers(pam(10, secs(10)), route(|_| {}), secs(30), 1);
+        // The service's fastest success so far: 30 s.
+        assert_eq!(s.run(ALICE, "alice", "right", A).await.0, success());
+        *lock(&s.pool().delay) = secs(100);
+        let bob = s.bind(BOB, "bob", "right", A);
+        sleep(secs(1)).await;
+        // Carol's transaction would get the worker at 100 s with 19 s of its 120 left.
+        let carol = s.bind(CAROL, "carol", "right", A);
+        sleep(secs(69)).await;
+        // Dave's, at 100 s too, with 50 s left: that is enough.
+        *lock(&s.pool().delay) = secs(1);
+        let dave = s.bind(DAVE, "dave", "right", A);
+        assert_eq!(answer(bob).await.0, success());
+        let (attempt, took) = answer(carol).await;
+        assert_eq!(attempt, Attempt::Done(TicketResult::DeadlinePassed));
+        assert_took(took, secs(99));
+        let (attempt, took) = answer(dave).await;
+        assert_eq!(attempt, success());
+        assert_took(took, secs(31));
+        assert_eq!(s.pool().count(), 3, "alice, bob and dave");
+        assert_eq!((counters.get(TOO_LATE), counters.get(ABANDONED)), (1, 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,10 +4,30 @@
 //! libpam calls block, sometimes for minutes (an MFA push waits for a phone),
 //! and cannot be cancelled. They therefore never run on the tokio runtime:
 //! [`PamPool::submit`] hands a [`PamRequest`] to a fixed set of worker
-//! threads through a bounded queue and returns a [`PamTicket`] at once. The
-//! ticket resolves with the outcome or when the caller's deadline passes,
-//! whichever comes first; the transaction itself always runs to its end.
+//! threads and returns a [`PamTicket`] at once. The ticket resolves with the
+//! outcome or when the caller's deadline passes, whichever comes first; the
+//! transaction itself always runs to its end.
+//!
+//! **Fairness.** Every job belongs to a class (the gate uses the route; plain
+//! [`PamPool::submit`] the PAM service). Classes share the workers and the
+//! queue so that none can starve another, whatever the settings:
+//!
+//! - a class may hold at most all workers but one for each other class
+//!   (and at most its own `max_concurrent`); the same holds for queue slots.
+//!   So when 100 pushes of a slow route are pending, a worker is still free
+//!   for a fast route, and its binds never wait behind a push;
+//! - jobs that wait are kept per class and served in turn, one class after
+//!   another, each class in the order its jobs came.
+//!
+//! With more classes than workers nobody can keep a worker for every class;
+//! each still gets its turn.
+//!
+//! **Starting late.** A job waiting for a worker is dropped without starting
+//! when its deadline has passed, or when the check its submitter gave says it
+//! is no longer worth starting (see [`StartCheck`]: the gate drops
+//! transactions nobody waits for, or with too little time left).
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
@@ -16,8 +36,7 @@ use std::sync::atomic::{
     AtomicU64, AtomicUsize,
     Ordering::{Relaxed, SeqCst},
 };
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -109,6 +128,34 @@ pub enum PoolError {
     ShutDown,
 }
 
+/// Why a job was dropped without starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStarted {
+    /// Its deadline passed while it waited for a worker.
+    Expired,
+    /// No client waits for its result any more (its [`StartCheck`] said so).
+    Abandoned,
+    /// Too little of its deadline is left for the service to answer (its
+    /// [`StartCheck`] said so).
+    TooLate,
+}
+
+impl NotStarted {
+    /// A metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NotStarted::Expired => "expired",
+            NotStarted::Abandoned => "abandoned",
+            NotStarted::TooLate => "too_late",
+        }
+    }
+}
+
+/// Asked once, by the worker about to start a job, with the time left before
+/// the job's deadline: `Err` drops the job unstarted. It runs on the worker
+/// thread, with no lock of the pool held.
+pub type StartCheck = Box<dyn FnOnce(Duration) -> Result<(), NotStarted> + Send>;
+
 /// A snapshot of the pool's gauges and counters, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -131,6 +178,8 @@ pub struct PoolStats {
     pub completed: u64,
     /// Jobs dropped by a worker because their deadline passed in the queue.
     pub expired_in_queue: u64,
+    /// Jobs dropped by a worker because their [`StartCheck`] said so.
+    pub not_wanted: u64,
     /// Submissions refused with [`PoolError::QueueFull`].
     pub rejected_full: u64,
     /// Jobs that finished after their deadline (each was stuck for a while).
@@ -155,44 +204,58 @@ impl PamTicket {
         self.deadline
     }
 
-    /// Waits for the outcome, or until the deadline passes.
+    /// Waits for the outcome, or until the deadline passes. A job that never
+    /// started resolves as [`TicketResult::DeadlinePassed`].
     ///
     /// Needs a tokio runtime with the time driver enabled.
     pub async fn wait(self) -> TicketResult {
         match tokio::time::timeout_at(self.deadline.into(), self.rx).await {
-            Ok(reply) => reply_to_result(reply),
+            Ok(reply) => match reply_to_end(reply) {
+                Ok(outcome) => TicketResult::Completed(outcome),
+                Err(_) => TicketResult::DeadlinePassed,
+            },
             Err(_elapsed) => TicketResult::DeadlinePassed,
         }
     }
 
-    /// Waits for the worker however long it takes, ignoring the deadline
-    /// except that a job which expired in the queue still reports
-    /// [`TicketResult::DeadlinePassed`]. For callers that multiplex several
-    /// waiters with their own deadlines onto one transaction (coalescing).
-    pub async fn wait_for_worker(self) -> TicketResult {
-        reply_to_result(self.rx.await)
+    /// Waits for the worker however long it takes, ignoring the deadline:
+    /// the outcome of the transaction, or why it was never started. For
+    /// callers that multiplex several waiters with their own deadlines onto
+    /// one transaction (coalescing).
+    pub async fn finished(self) -> Result<PamOutcome, NotStarted> {
+        reply_to_end(self.rx.await)
     }
 }
 
-fn reply_to_result(reply: Result<Reply, oneshot::error::RecvError>) -> TicketResult {
+fn reply_to_end(reply: Result<Reply, oneshot::error::RecvError>) -> Result<PamOutcome, NotStarted> {
     match reply {
-        Ok(Reply::Done(outcome)) => TicketResult::Completed(outcome),
-        Ok(Reply::Expired) => TicketResult::DeadlinePassed,
+        Ok(Reply::Done(outcome)) => Ok(outcome),
+        Ok(Reply::NotStarted(why)) => Err(why),
         // Only reachable if a worker died outside `catch_unwind`.
-        Err(_) => TicketResult::Completed(PamOutcome::Unavailable {
+        Err(_) => Ok(PamOutcome::Unavailable {
             reason: "PAM worker dropped the request".to_owned(),
         }),
     }
 }
 
-/// A fixed set of `pam-worker-N` threads fed by a bounded queue.
+/// The pool's share of `total` (workers or queue slots) that one of `classes`
+/// classes may hold: all but one for each other class, so every other class
+/// keeps one within reach. With fewer than that, one (classes take turns).
+fn share(total: usize, classes: usize) -> usize {
+    let others = classes.saturating_sub(1);
+    if total > others {
+        total - others
+    } else {
+        total.min(1)
+    }
+}
+
+/// A set of `pam-worker-N` threads, started as work needs them, fed by
+/// per-class queues (see the module documentation).
 ///
 /// Dropping the pool (or [`PamPool::shutdown`]) lets the workers finish the
 /// queued jobs and exit; it does not wait for them.
 pub struct PamPool {
-    // Behind a mutex only so that `shutdown(&self)` can close the queue while
-    // the pool is shared; `try_send` never blocks, so the lock is brief.
-    sender: Mutex<Option<SyncSender<Job>>>,
     shared: Arc<Shared>,
 }
 
@@ -204,16 +267,22 @@ impl fmt::Debug for PamPool {
     }
 }
 
+impl Drop for PamPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 impl PamPool {
     /// A pool of up to `workers` threads, started as work needs them, and a
-    /// queue of `queue` jobs.
+    /// queue of `queue` jobs waiting for one.
     ///
     /// `queue = 0` means no waiting room: a request is accepted only when a
-    /// worker is idle and waiting at that moment (all workers start at once).
+    /// worker can take it at once.
     ///
     /// # Errors
     /// `InvalidInput` for zero workers, or the OS error if the first thread
-    /// cannot be spawned (the threads already started then exit).
+    /// cannot be spawned.
     pub fn new(workers: usize, queue: usize) -> io::Result<Self> {
         if workers == 0 {
             return Err(io::Error::new(
@@ -221,55 +290,102 @@ impl PamPool {
                 "the PAM pool needs at least one worker",
             ));
         }
-        let (sender, receiver) = sync_channel::<Job>(queue);
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             slots: (0..workers).map(|_| AtomicU64::new(IDLE)).collect(),
-            receiver: Mutex::new(receiver),
+            sched: Mutex::new(Sched::default()),
+            wake: Condvar::new(),
             spawned: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
             queue_capacity: queue,
             queued: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             expired_in_queue: AtomicU64::new(0),
+            not_wanted: AtomicU64::new(0),
             rejected_full: AtomicU64::new(0),
             overran: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
         });
-        // Threads start when work needs them (see `spawn_if_needed`): every thread's
-        // stack is a mapping that a forking PAM module (pam_exec) copies on each fork,
-        // and an idle one still holds memory. Without a queue a request is accepted
-        // only by a worker already waiting, so then all start now.
-        let first = if queue == 0 { workers } else { 1 };
-        for _ in 0..first {
-            spawn_worker(&shared)?;
+        // One thread now, so that a failure to start threads shows at start;
+        // the others start when work needs them (see `Shared::reserve_worker`): every
+        // thread's stack is a mapping that a forking PAM module (pam_exec)
+        // copies on each fork, and an idle one still holds memory.
+        {
+            let mut s = lock(&shared.sched);
+            shared.spawn(&mut s)?;
         }
-        Ok(PamPool {
-            sender: Mutex::new(Some(sender)),
-            shared,
-        })
+        Ok(PamPool { shared })
     }
 
-    /// Queues a PAM transaction and returns at once.
+    /// The classes the configuration knows, in order, with their own cap
+    /// (`route.max_concurrent`). Jobs of other classes are still accepted, as
+    /// classes of their own while they have work. Jobs already accepted keep
+    /// their place; a cap that grows lets waiting jobs start.
+    pub fn set_classes<'a>(&self, classes: impl IntoIterator<Item = (&'a str, Option<usize>)>) {
+        let mut s = lock(&self.shared.sched);
+        for class in &mut s.classes {
+            class.configured = false;
+        }
+        let mut order = Vec::new();
+        for (name, max) in classes {
+            let i = s.class(name);
+            let class = &mut s.classes[i];
+            class.configured = true;
+            class.max = max;
+            order.push(name.to_owned());
+        }
+        // Configured classes first, in configuration order (the order turns go round).
+        s.classes.sort_by_key(|c| {
+            order
+                .iter()
+                .position(|n| *n == c.name)
+                .unwrap_or(usize::MAX)
+        });
+        s.turn = 0;
+        s.forget_idle();
+        self.shared.dispatch(&mut s);
+    }
+
+    /// Queues a PAM transaction of the class named by its service, and
+    /// returns at once.
     ///
     /// `deadline` counts from now, so time spent in the queue counts too.
     ///
     /// # Errors
-    /// [`PoolError::QueueFull`] when the queue is full, [`PoolError::ShutDown`]
-    /// after [`PamPool::shutdown`]. The request (and its password) is dropped.
+    /// [`PoolError::QueueFull`] when the queue (or this class's share of it)
+    /// is full, [`PoolError::ShutDown`] after [`PamPool::shutdown`]. The
+    /// request (and its password) is dropped.
     pub fn submit(&self, request: PamRequest, deadline: Duration) -> Result<PamTicket, PoolError> {
+        let class = request.service.clone();
+        self.submit_to(&class, request, deadline, None)
+    }
+
+    /// As [`PamPool::submit`], for `class`; `check`, if any, is asked by the
+    /// worker about to start the job whether it still should.
+    ///
+    /// # Errors
+    /// As [`PamPool::submit`].
+    pub fn submit_to(
+        &self,
+        class: &str,
+        request: PamRequest,
+        deadline: Duration,
+        check: Option<StartCheck>,
+    ) -> Result<PamTicket, PoolError> {
         let service = request.service.clone();
         self.submit_work(
+            class,
             service,
             deadline,
+            check,
             Box::new(move |shared: &Shared| run_transaction(&request, shared)),
         )
     }
 
     /// Stops accepting requests. Queued jobs still run.
     pub fn shutdown(&self) {
-        drop(lock(&self.sender).take());
+        lock(&self.shared.sched).closed = true;
+        self.shared.wake.notify_all();
     }
 
     /// A snapshot of gauges and counters. Cheap: a few atomic loads per
@@ -297,6 +413,7 @@ impl PamPool {
             started: s.started.load(Relaxed),
             completed: s.completed.load(Relaxed),
             expired_in_queue: s.expired_in_queue.load(Relaxed),
+            not_wanted: s.not_wanted.load(Relaxed),
             rejected_full: s.rejected_full.load(Relaxed),
             overran: s.overran.load(Relaxed),
             panicked: s.panicked.load(Relaxed),
@@ -310,41 +427,51 @@ impl PamPool {
 
     fn submit_work(
         &self,
+        class: &str,
         service: String,
         deadline: Duration,
+        check: Option<StartCheck>,
         work: Work,
     ) -> Result<PamTicket, PoolError> {
         let now = Instant::now();
         let deadline = now.checked_add(deadline.min(MAX_DEADLINE)).unwrap_or(now);
         let (reply, rx) = oneshot::channel();
         let job = Job {
+            class: class.to_owned(),
             service,
             deadline,
             reply,
+            check,
             work,
         };
-        let sender = lock(&self.sender);
-        let Some(sender) = sender.as_ref() else {
+        let shared = &self.shared;
+        let mut s = lock(&shared.sched);
+        if s.closed {
             return Err(PoolError::ShutDown);
-        };
-        // Counted before sending so that a worker's decrement can never run
-        // first and wrap the gauge below zero.
-        self.shared.queued.fetch_add(1, SeqCst);
-        match sender.try_send(job) {
-            Ok(()) => {
-                spawn_if_needed(&self.shared);
-                Ok(PamTicket { rx, deadline })
-            }
-            Err(TrySendError::Full(_)) => {
-                self.shared.queued.fetch_sub(1, SeqCst);
-                self.shared.rejected_full.fetch_add(1, Relaxed);
-                Err(PoolError::QueueFull)
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.queued.fetch_sub(1, SeqCst);
-                Err(PoolError::ShutDown)
-            }
         }
+        let i = s.class(class);
+        let workers = shared.slots.len();
+        let k = s.counted_classes();
+        let c = &s.classes[i];
+        let cap = c.max.unwrap_or(workers).min(share(workers, k));
+        // Behind jobs of its own class that wait, a job waits too.
+        let may_run = c.running < cap && c.waiting.is_empty();
+        let may_wait =
+            s.waiting < shared.queue_capacity && c.waiting.len() < share(shared.queue_capacity, k);
+        if may_run && shared.reserve_worker(&mut s) {
+            s.hand_over(i, job);
+            drop(s);
+            shared.wake.notify_one();
+        } else if may_wait {
+            s.classes[i].waiting.push_back(job);
+            s.waiting += 1;
+            shared.queued.store(s.waiting, Relaxed);
+        } else {
+            s.forget_idle();
+            shared.rejected_full.fetch_add(1, Relaxed);
+            return Err(PoolError::QueueFull);
+        }
+        Ok(PamTicket { rx, deadline })
     }
 }
 
@@ -355,34 +482,118 @@ const IDLE: u64 = 0;
 type Work = Box<dyn FnOnce(&Shared) -> PamOutcome + Send>;
 
 struct Job {
+    /// The class it is counted in.
+    class: String,
     /// For logs and the panic diagnostic.
     service: String,
     deadline: Instant,
     reply: oneshot::Sender<Reply>,
+    check: Option<StartCheck>,
     work: Work,
 }
 
 #[derive(Debug)]
 enum Reply {
     Done(PamOutcome),
-    Expired,
+    NotStarted(NotStarted),
+}
+
+/// The jobs of one class.
+#[derive(Default)]
+struct Class {
+    name: String,
+    /// Named by the configuration ([`PamPool::set_classes`]); other classes
+    /// are forgotten once they have no work.
+    configured: bool,
+    /// Its own cap (`route.max_concurrent`).
+    max: Option<usize>,
+    /// Jobs handed to a worker (running, or about to start).
+    running: usize,
+    /// Jobs waiting for a worker, oldest first.
+    waiting: VecDeque<Job>,
+}
+
+/// Who runs what; behind one mutex, held only for bookkeeping (never while a
+/// job or a start check runs).
+#[derive(Default)]
+struct Sched {
+    classes: Vec<Class>,
+    /// The class served last: the next turn goes to the next class after it.
+    turn: usize,
+    /// Jobs handed over to a worker that has not taken them yet.
+    ready: VecDeque<Job>,
+    /// Workers alive and neither running a job nor spoken for by one in `ready`.
+    free: usize,
+    /// Jobs waiting in all classes (the queue).
+    waiting: usize,
+    closed: bool,
+}
+
+impl Sched {
+    /// The index of the class `name`, made if it is new.
+    fn class(&mut self, name: &str) -> usize {
+        if let Some(i) = self.classes.iter().position(|c| c.name == name) {
+            return i;
+        }
+        self.classes.push(Class {
+            name: name.to_owned(),
+            ..Class::default()
+        });
+        self.classes.len() - 1
+    }
+
+    /// The classes shares are counted for: configured ones, and others while
+    /// they have work.
+    fn counted_classes(&self) -> usize {
+        self.classes
+            .iter()
+            .filter(|c| c.configured || c.running > 0 || !c.waiting.is_empty())
+            .count()
+    }
+
+    /// Forgets classes that are neither configured nor busy.
+    fn forget_idle(&mut self) {
+        self.classes
+            .retain(|c| c.configured || c.running > 0 || !c.waiting.is_empty());
+        if self.turn >= self.classes.len() {
+            self.turn = 0;
+        }
+    }
+
+    /// Gives `job` of class `i` to a worker already reserved for it.
+    fn hand_over(&mut self, i: usize, job: Job) {
+        self.classes[i].running += 1;
+        self.free -= 1;
+        self.ready.push_back(job);
+    }
+
+    /// The next class, in turn, with a job waiting and room under its cap.
+    fn next_turn(&self, workers: usize) -> Option<usize> {
+        let n = self.classes.len();
+        let k = self.counted_classes();
+        (1..=n).map(|d| (self.turn + d) % n).find(|&i| {
+            let c = &self.classes[i];
+            !c.waiting.is_empty() && c.running < c.max.unwrap_or(workers).min(share(workers, k))
+        })
+    }
 }
 
 struct Shared {
     epoch: Instant,
     /// One per worker the pool may run (`pam.workers`), started or not.
     slots: Box<[AtomicU64]>,
-    /// Idle workers queue up on the mutex; the one holding it waits in `recv`.
-    receiver: Mutex<Receiver<Job>>,
+    sched: Mutex<Sched>,
+    /// Wakes free workers when a job is handed over (or at shutdown).
+    wake: Condvar,
     /// Workers started so far.
     spawned: AtomicUsize,
-    /// Workers waiting for a job.
-    idle: AtomicUsize,
     queue_capacity: usize,
+    /// Mirrors `Sched::waiting`, for lock-free stats.
     queued: AtomicUsize,
     started: AtomicU64,
     completed: AtomicU64,
     expired_in_queue: AtomicU64,
+    not_wanted: AtomicU64,
     rejected_full: AtomicU64,
     overran: AtomicU64,
     panicked: AtomicU64,
@@ -396,22 +607,123 @@ impl Shared {
         u64::try_from(ms).unwrap_or(u64::MAX - 1)
     }
 
-    fn run(&self, index: usize, job: Job) {
+    /// Starts one more worker thread; it counts as free.
+    fn spawn(self: &Arc<Self>, s: &mut Sched) -> io::Result<()> {
+        let index = self.spawned.load(SeqCst);
+        if index >= self.slots.len() {
+            return Err(io::Error::other("every PAM worker runs already"));
+        }
+        let worker = Arc::clone(self);
+        thread::Builder::new()
+            .name(format!("pam-worker-{index}"))
+            .spawn(move || worker.worker_loop(index))?;
+        self.spawned.store(index + 1, SeqCst);
+        s.free += 1;
+        Ok(())
+    }
+
+    /// Whether a worker can take a job now: a free one, or a new one.
+    fn reserve_worker(self: &Arc<Self>, s: &mut Sched) -> bool {
+        if s.free > 0 {
+            return true;
+        }
+        match self.spawn(s) {
+            Ok(()) => true,
+            Err(e) => {
+                if self.spawned.load(SeqCst) < self.slots.len() {
+                    tracing::error!("cannot start a PAM worker thread: {e}");
+                }
+                false
+            }
+        }
+    }
+
+    /// Hands waiting jobs to workers, class after class in turn, while workers
+    /// and caps allow.
+    fn dispatch(self: &Arc<Self>, s: &mut Sched) {
+        let mut handed = 0;
+        while let Some(i) = s.next_turn(self.slots.len()) {
+            if !self.reserve_worker(s) {
+                break;
+            }
+            let Some(job) = s.classes[i].waiting.pop_front() else {
+                break;
+            };
+            s.waiting -= 1;
+            s.turn = i;
+            s.hand_over(i, job);
+            handed += 1;
+        }
+        self.queued.store(s.waiting, Relaxed);
+        for _ in 0..handed {
+            self.wake.notify_one();
+        }
+    }
+
+    fn worker_loop(self: Arc<Self>, index: usize) {
+        let mut s = lock(&self.sched);
+        loop {
+            if let Some(job) = s.ready.pop_front() {
+                drop(s);
+                let class = job.class.clone();
+                let (reply, answer) = self.run(index, job);
+                s = lock(&self.sched);
+                // Free again, and its class has one job less, before the caller
+                // hears of it: whoever submits next finds this worker free.
+                if let Some(c) = s.classes.iter_mut().find(|c| c.name == class) {
+                    c.running -= 1;
+                }
+                s.free += 1;
+                s.forget_idle();
+                self.dispatch(&mut s);
+                if s.closed && s.waiting == 0 {
+                    // Workers waiting for more can go.
+                    self.wake.notify_all();
+                }
+                drop(s);
+                // The caller may be gone; that is fine.
+                let _ = reply.send(answer);
+                s = lock(&self.sched);
+                continue;
+            }
+            if s.closed && s.waiting == 0 {
+                s.free -= 1;
+                return;
+            }
+            s = self.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Starts `job` unless it is no longer wanted, and runs it to its end.
+    fn run(&self, index: usize, job: Job) -> (oneshot::Sender<Reply>, Reply) {
         let Job {
             service,
             deadline,
             reply,
+            check,
             work,
+            ..
         } = job;
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             self.expired_in_queue.fetch_add(1, Relaxed);
             tracing::debug!(service, "PAM job expired in the queue; not started");
-            // The caller may be gone; that is fine.
-            let _ = reply.send(Reply::Expired);
-            return;
+            return (reply, Reply::NotStarted(NotStarted::Expired));
+        }
+        if let Some(check) = check {
+            if let Err(why) = check(deadline - now) {
+                self.not_wanted.fetch_add(1, Relaxed);
+                tracing::debug!(service, ?why, "PAM job not started");
+                return (reply, Reply::NotStarted(why));
+            }
         }
         let Some(slot) = self.slots.get(index) else {
-            return;
+            return (
+                reply,
+                Reply::Done(PamOutcome::Unavailable {
+                    reason: format!("PAM service \"{service}\": no such PAM worker"),
+                }),
+            );
         };
         slot.store(self.millis(deadline).saturating_add(1), Relaxed);
         let outcome = match catch_unwind(AssertUnwindSafe(|| work(self))) {
@@ -434,68 +746,7 @@ impl Shared {
             );
         }
         self.completed.fetch_add(1, Relaxed);
-        let _ = reply.send(Reply::Done(outcome));
-    }
-}
-
-/// Starts one more worker, unless all `pam.workers` run already.
-fn spawn_worker(shared: &Arc<Shared>) -> io::Result<bool> {
-    let index = shared.spawned.load(SeqCst);
-    if index >= shared.slots.len()
-        || shared
-            .spawned
-            .compare_exchange(index, index + 1, SeqCst, SeqCst)
-            .is_err()
-    {
-        return Ok(false);
-    }
-    // Counted idle before it exists, so a submit racing with the start does not start
-    // another for the same job.
-    shared.idle.fetch_add(1, SeqCst);
-    let worker = Arc::clone(shared);
-    match thread::Builder::new()
-        .name(format!("pam-worker-{index}"))
-        .spawn(move || worker_loop(index, &worker))
-    {
-        Ok(_) => Ok(true),
-        Err(e) => {
-            shared.idle.fetch_sub(1, SeqCst);
-            shared.spawned.fetch_sub(1, SeqCst);
-            Err(e)
-        }
-    }
-}
-
-/// Starts workers while queued jobs outnumber idle workers.
-///
-/// A worker taking a job lowers `idle` before `queued`, so the difference this compares
-/// never looks smaller than it is: at worst one worker too many starts, never one too few.
-fn spawn_if_needed(shared: &Arc<Shared>) {
-    while shared.queued.load(SeqCst) > shared.idle.load(SeqCst) {
-        match spawn_worker(shared) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::error!("cannot start a PAM worker thread: {e}");
-                return;
-            }
-        }
-    }
-}
-
-fn worker_loop(index: usize, shared: &Arc<Shared>) {
-    loop {
-        // The guard is released before the job runs.
-        let next = lock(&shared.receiver).recv();
-        shared.idle.fetch_sub(1, SeqCst);
-        match next {
-            Ok(job) => {
-                shared.queued.fetch_sub(1, SeqCst);
-                shared.run(index, job);
-                shared.idle.fetch_add(1, SeqCst);
-            }
-            Err(_) => return,
-        }
+        (reply, Reply::Done(outcome))
     }
 }
 
@@ -828,13 +1079,39 @@ mod tests {
         deadline: Duration,
         f: impl FnOnce() -> PamOutcome + Send + 'static,
     ) -> Result<PamTicket, PoolError> {
-        pool.submit_work("test".into(), deadline, Box::new(move |_: &Shared| f()))
+        submit_as(pool, "test", deadline, None, f)
+    }
+
+    /// [`submit`] in `class`, with a start check.
+    fn submit_as(
+        pool: &PamPool,
+        class: &str,
+        deadline: Duration,
+        check: Option<StartCheck>,
+        f: impl FnOnce() -> PamOutcome + Send + 'static,
+    ) -> Result<PamTicket, PoolError> {
+        pool.submit_work(
+            class,
+            "test".into(),
+            deadline,
+            check,
+            Box::new(move |_: &Shared| f()),
+        )
     }
 
     /// A job that runs until `release` is signalled.
     fn blocked_job(pool: &PamPool, deadline: Duration) -> (PamTicket, mpsc::Sender<()>) {
+        blocked_job_as(pool, "test", deadline)
+    }
+
+    /// [`blocked_job`] in `class`.
+    fn blocked_job_as(
+        pool: &PamPool,
+        class: &str,
+        deadline: Duration,
+    ) -> (PamTicket, mpsc::Sender<()>) {
         let (release, wait) = mpsc::channel::<()>();
-        let ticket = submit(pool, deadline, move || {
+        let ticket = submit_as(pool, class, deadline, None, move || {
             let _ = wait.recv();
             PamOutcome::Success
         })
@@ -912,7 +1189,10 @@ mod tests {
     #[test]
     fn deadline_stuck_then_reused() {
         let pool = PamPool::new(1, 4).expect("pool");
-        let (ticket, release) = blocked_job(&pool, Duration::from_millis(100));
+        // Long enough for a loaded machine to start the job; it is seen running before
+        // the deadline matters.
+        let (ticket, release) = blocked_job(&pool, Duration::from_secs(2));
+        wait_until("running", || pool.stats().busy == 1);
         let rt = runtime();
         assert_eq!(rt.block_on(ticket.wait()), TicketResult::DeadlinePassed);
         assert_eq!((pool.stats().busy, pool.stats().stuck), (1, 1));
@@ -981,6 +1261,159 @@ mod tests {
             rt.block_on(next.wait()),
             TicketResult::Completed(PamOutcome::Success)
         );
+    }
+
+    /// With the default settings nothing caps a class, yet a slow class that has work for
+    /// every worker leaves one to each other class, and a fast job never waits behind it.
+    #[test]
+    fn a_slow_class_leaves_a_worker_to_the_others() {
+        let pool = PamPool::new(4, 8).expect("pool");
+        pool.set_classes([("slow", None), ("fast", None)]);
+        let slow: Vec<_> = (0..6)
+            .map(|_| blocked_job_as(&pool, "slow", LONG))
+            .collect();
+        wait_until("three slow jobs running", || pool.stats().busy == 3);
+        let stats = pool.stats();
+        assert_eq!((stats.busy, stats.queued), (3, 3), "{stats:?}");
+        // The fast job runs at once, and ends while every slow job still waits.
+        let rt = runtime();
+        let fast = submit_as(&pool, "fast", LONG, None, || PamOutcome::AuthFailed).expect("runs");
+        assert_eq!(
+            rt.block_on(fast.wait()),
+            TicketResult::Completed(PamOutcome::AuthFailed)
+        );
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.busy, stats.queued, stats.completed),
+            (3, 3, 1),
+            "{stats:?}"
+        );
+        // Queue slots are shared the same way: slow may fill all but one.
+        let more: Vec<_> = (0..4)
+            .map(|_| blocked_job_as(&pool, "slow", LONG))
+            .collect();
+        assert_eq!(
+            submit_as(&pool, "slow", LONG, None, || PamOutcome::Success).err(),
+            Some(PoolError::QueueFull)
+        );
+        let (fast, release_fast) = blocked_job_as(&pool, "fast", LONG);
+        wait_until("the fast job running", || pool.stats().busy == 4);
+        let (fast_queued, release_queued) = blocked_job_as(&pool, "fast", LONG);
+        assert_eq!(pool.stats().queued, 8);
+        for (_, release) in slow.iter().chain(&more) {
+            release.send(()).expect("job waits");
+        }
+        release_fast.send(()).expect("job waits");
+        release_queued.send(()).expect("job waits");
+        for (ticket, _) in slow.into_iter().chain(more) {
+            assert_eq!(
+                rt.block_on(ticket.wait()),
+                TicketResult::Completed(PamOutcome::Success)
+            );
+        }
+        for ticket in [fast, fast_queued] {
+            assert_eq!(
+                rt.block_on(ticket.wait()),
+                TicketResult::Completed(PamOutcome::Success)
+            );
+        }
+    }
+
+    /// Classes with waiting jobs are served in turn, each in the order its jobs came.
+    #[test]
+    fn waiting_classes_are_served_in_turn() {
+        let pool = PamPool::new(1, 8).expect("pool");
+        pool.set_classes([("a", None), ("b", None)]);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (first, release) = blocked_job_as(&pool, "a", LONG);
+        wait_until("a1 running", || pool.stats().busy == 1);
+        let tickets: Vec<_> = [("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2")]
+            .into_iter()
+            .map(|(class, name)| {
+                let order = Arc::clone(&order);
+                submit_as(&pool, class, LONG, None, move || {
+                    lock(&order).push(name);
+                    PamOutcome::Success
+                })
+                .expect("queued")
+            })
+            .collect();
+        release.send(()).expect("a1 waits");
+        let rt = runtime();
+        for ticket in std::iter::once(first).chain(tickets) {
+            assert_eq!(
+                rt.block_on(ticket.wait()),
+                TicketResult::Completed(PamOutcome::Success)
+            );
+        }
+        assert_eq!(*lock(&order), ["b1", "a2", "b2", "a3"]);
+    }
+
+    /// `max_concurrent`: a capped class waits for its own jobs; a cap raised by a reload
+    /// lets the waiting job start.
+    #[test]
+    fn a_capped_class_waits_until_a_reload_raises_its_cap() {
+        let pool = PamPool::new(4, 8).expect("pool");
+        pool.set_classes([("capped", Some(1))]);
+        let (first, release_first) = blocked_job_as(&pool, "capped", LONG);
+        let (second, release_second) = blocked_job_as(&pool, "capped", LONG);
+        wait_until("one running", || pool.stats().busy == 1);
+        assert_eq!(pool.stats().queued, 1);
+        pool.set_classes([("capped", Some(2))]);
+        wait_until("both running", || pool.stats().busy == 2);
+        assert_eq!(pool.stats().queued, 0);
+        release_first.send(()).expect("waits");
+        release_second.send(()).expect("waits");
+        let rt = runtime();
+        for ticket in [first, second] {
+            assert_eq!(
+                rt.block_on(ticket.wait()),
+                TicketResult::Completed(PamOutcome::Success)
+            );
+        }
+    }
+
+    /// The start check is asked when a worker is about to start the job, with the time
+    /// left; a job it refuses never runs, and its worker goes on to the next.
+    #[test]
+    fn a_job_its_check_refuses_is_not_started() {
+        let pool = PamPool::new(1, 4).expect("pool");
+        let (first, release) = blocked_job(&pool, LONG);
+        wait_until("running", || pool.stats().busy == 1);
+        let asked = Arc::new(Mutex::new(None));
+        let ran = Arc::new(AtomicU64::new(0));
+        let check: StartCheck = {
+            let asked = Arc::clone(&asked);
+            Box::new(move |left| {
+                *lock(&asked) = Some(left);
+                Err(NotStarted::Abandoned)
+            })
+        };
+        let refused = {
+            let ran = Arc::clone(&ran);
+            submit_as(&pool, "test", LONG, Some(check), move || {
+                ran.fetch_add(1, Relaxed);
+                PamOutcome::Success
+            })
+            .expect("queued")
+        };
+        let next = submit(&pool, LONG, || PamOutcome::AuthFailed).expect("queued");
+        assert_eq!(*lock(&asked), None, "not asked while it waits");
+        release.send(()).expect("waits");
+        let rt = runtime();
+        assert_eq!(
+            rt.block_on(first.wait()),
+            TicketResult::Completed(PamOutcome::Success)
+        );
+        assert_eq!(rt.block_on(refused.finished()), Err(NotStarted::Abandoned));
+        assert_eq!(
+            rt.block_on(next.wait()),
+            TicketResult::Completed(PamOutcome::AuthFailed)
+        );
+        assert_eq!(ran.load(Relaxed), 0);
+        let left = lock(&asked).expect("asked");
+        assert!(left > Duration::ZERO && left <= LONG, "{left:?}");
+        assert_eq!(pool.stats().not_wanted, 1);
     }
 
     #[test]

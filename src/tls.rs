@@ -11,6 +11,7 @@
 
 use crate::config::{TlsConfig, TlsVersion};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -54,12 +55,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A PEM file that cannot be read: the I/O error as such, anything else as `what`.
+fn pem_error(path: &Path, what: &str, e: pem::Error) -> TlsError {
+    match e {
+        pem::Error::Io(e) => TlsError::new(path, e.to_string()),
+        e => TlsError::new(path, format!("not a PEM {what} file: {e}")),
+    }
+}
+
 /// Reads every certificate of a PEM file; an empty result is an error.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file = std::fs::File::open(path).map_err(|e| TlsError::new(path, e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(file))
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, "certificate", e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::new(path, format!("not a PEM certificate file: {e}")))?;
+        .map_err(|e| pem_error(path, "certificate", e))?;
     if certs.is_empty() {
         return Err(TlsError::new(path, "no PEM certificate in the file"));
     }
@@ -68,10 +77,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let file = std::fs::File::open(path).map_err(|e| TlsError::new(path, e.to_string()))?;
-    rustls_pemfile::private_key(&mut io::BufReader::new(file))
-        .map_err(|e| TlsError::new(path, format!("not a PEM key file: {e}")))?
-        .ok_or_else(|| TlsError::new(path, "no PEM private key in the file"))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::new(path, "no PEM private key in the file"),
+        e => pem_error(path, "key", e),
+    })
 }
 
 /// A trust store holding every certificate of a PEM file.
@@ -283,5 +292,18 @@ mod tests {
         assert!(e.to_string().contains("no PEM certificate"), "{e}");
         let e = client_config(&dir.path().join("nope.pem")).expect_err("refused");
         assert!(e.to_string().contains("nope.pem"), "{e}");
+        // A key file without a key, and one whose PEM is broken.
+        let cert = dir.path().join("cert-only.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = read_key(&cert).expect_err("refused");
+        assert!(e.to_string().contains("no PEM private key"), "{e}");
+        let broken = dir.path().join("broken.key");
+        std::fs::write(&broken, "-----BEGIN PRIVATE KEY-----\nMAA=\n").unwrap();
+        let e = read_key(&broken).expect_err("refused");
+        assert!(e.to_string().contains("not a PEM key file"), "{e}");
     }
 }

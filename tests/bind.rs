@@ -936,7 +936,8 @@ fn web_app_flow_on_one_connection() {
 #[test]
 fn slow_pam_bind_does_not_hold_up_other_clients() {
     let b = Bench::new(&site_routes());
-    b.pam.set_duo_delay(3);
+    // The push stays pending until the search has been answered.
+    let hold = b.pam.hold();
     let events = Arc::new(Mutex::new(Vec::new()));
     let slow = {
         let (events, mut c) = (Arc::clone(&events), b.raw());
@@ -956,6 +957,7 @@ fn slow_pam_bind_does_not_hold_up_other_clients() {
         &["-x", "-LLL", "-b", &dn("bob"), "-s", "base", "uid"],
     );
     events.lock().unwrap().push(format!("search {}", out.code));
+    hold.release();
     slow.join().unwrap();
     assert_eq!(*events.lock().unwrap(), ["search 0", "bind Success"]);
 }
@@ -1050,64 +1052,90 @@ fn missing_suffix_policy_applies_at_load() {
 
 /// Standard base64 (for `ldapsearch -E oid=::value`).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    bytes
-        .chunks(3)
-        .flat_map(|chunk| {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            (0..4).map(move |i| match i <= chunk.len() {
-                true => ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char,
-                false => '=',
-            })
-        })
-        .collect()
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A rebind that arrives while a large entry is half passed to the client, on a
-/// PAM-bound session: the bind drops the service-bound backend connection (the search is
-/// abandoned, as RFC 4511 §4.2.1 allows), but only once that entry has been passed on
-/// whole, so the client reads whole messages, then its bind result.
+/// PAM-bound session: the bind waits for that entry to be passed on whole, then drops
+/// the service-bound backend connection (the search is abandoned, as RFC 4511 §4.2.1
+/// allows), so the client reads whole messages: exactly that entry, then its bind result.
+///
+/// That the bind arrives in the middle of the entry is made certain, not likely: the
+/// client reads only the start of the entry, and the entry is larger than all the bytes
+/// that can be on their way to a client that does not read (its receive buffer, the
+/// proxy's send buffer and the proxy's own buffers), so the proxy cannot have passed it
+/// on whole before the client reads more.
 #[test]
 fn rebind_in_the_middle_of_a_large_entry_keeps_the_stream_whole() {
     let ds = directory();
+    let bench = Bench::new(&site_routes());
+    let mut c = RawClient::connect_with_rcvbuf(bench.proxy.addr, 64 << 10);
+    // The proxy's send buffer is at most tcp_wmem's maximum; its own buffers hold less
+    // than 2 x 256 KiB plus a 64 KiB read (src/session.rs), counted here as 1 MiB.
+    let tcp_wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .expect("tcp_wmem")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_wmem maximum");
+    let in_flight_max = c.rcvbuf() + tcp_wmem_max + (1 << 20);
+    // Values below 389's 2 MiB request limit, added one request at a time, as many as
+    // make an entry larger than that (with 1 MiB to spare). Two such entries.
+    const VALUE: usize = 1_900_000;
+    let values = (in_flight_max + (1 << 20)) / VALUE + 1;
     let cn = unique("big");
     let base = format!("ou=Groups,{}", ds.suffix);
-    // 8 entries of 1.9 MB: more than the socket buffers and the proxy's own buffer hold
-    // for a client that does not read, so the proxy stops in the middle of one.
-    let value = "x".repeat(1_900_000);
-    let ldif: String = (0..8)
-        .map(|i| {
-            format!(
-                "dn: cn={cn}-{i},{base}\nobjectClass: top\nobjectClass: groupOfNames\ncn: {cn}-{i}\ndescription: {value}\n\n"
-            )
-        })
-        .collect();
+    let dns: Vec<String> = (0..2).map(|i| format!("cn={cn}-{i},{base}")).collect();
+    let mut ldif = String::new();
+    for (i, dn) in dns.iter().enumerate() {
+        let value = |k: usize| format!("{k}{}", "x".repeat(VALUE - 1));
+        ldif.push_str(&format!(
+            "dn: {dn}\nchangetype: add\nobjectClass: top\nobjectClass: groupOfNames\ncn: {cn}-{i}\ndescription: {}\n\n",
+            value(0)
+        ));
+        for k in 1..values {
+            ldif.push_str(&format!(
+                "dn: {dn}\nchangetype: modify\nadd: description\ndescription: {}\n\n",
+                value(k)
+            ));
+        }
+    }
     let root = as_root();
     let root: Vec<&str> = root.iter().map(String::as_str).collect();
-    assert_eq!(
-        ldap_tool_input("ldapadd", &ds.uri, &root, Some(&ldif)).code,
-        0
-    );
+    let added = ldap_tool_input("ldapmodify", &ds.uri, &root, Some(&ldif));
+    let _cleanup = Entries(dns.clone());
+    assert_eq!(added.code, 0, "{}", added.stderr);
 
-    let bench = Bench::new(&site_routes());
-    let mut c = bench.raw();
     assert_eq!(
         c.simple_bind(1, &dn("erin"), &pampw("erin")),
         LdapResultCode::Success
     );
-    let filter = format!("(cn={cn}-*)");
     c.send(search(
         2,
         &base,
         LdapSearchScope::OneLevel,
-        &filter,
+        &format!("(cn={cn}-*)"),
         &["description"],
     ));
-    // Not reading: the proxy stops in the middle of an entry (backpressure).
-    std::thread::sleep(Duration::from_millis(1000));
+    // Only the start of the first entry: enough to read its envelope.
+    let first = loop {
+        if let Some(env) = ldap_pam_proxy::frame::peek(c.buffered(), usize::MAX).expect("BER") {
+            break env;
+        }
+        assert!(c.read_chunk() > 0, "the proxy closed the connection");
+    };
+    assert_eq!(
+        (first.msgid, first.op),
+        (2, ldap_pam_proxy::frame::op::SEARCH_RESULT_ENTRY)
+    );
+    assert!(
+        first.len > in_flight_max + c.buffered().len(),
+        "an entry of {} bytes could be passed on whole ({in_flight_max} bytes in flight, {} read)",
+        first.len,
+        c.buffered().len()
+    );
+    // The proxy is in the middle of the entry, and stays there until the client reads.
     c.send(bind_request(3, &dn("erin"), &pampw("erin")));
     let mut entries = 0;
     loop {
@@ -1120,23 +1148,34 @@ fn rebind_in_the_middle_of_a_large_entry_keeps_the_stream_whole() {
             }
             LdapOp::SearchResultEntry(e) => {
                 assert_eq!(m.msgid, 2);
-                assert_eq!(
-                    e.attributes[0].vals[0].len(),
-                    1_900_000,
-                    "entries arrive whole"
-                );
+                assert_eq!(e.attributes[0].vals.len(), values, "entries arrive whole");
+                assert!(e.attributes[0].vals.iter().all(|v| v.len() == VALUE));
                 entries += 1;
             }
-            _ => assert_eq!(m.msgid, 2, "{m:?}"),
+            other => panic!("after the bind, only the entry it interrupted: {other:?}"),
         }
     }
-    assert!(
-        entries < 8,
-        "the rebind abandoned the search part way: {entries} entries"
+    assert_eq!(
+        entries, 1,
+        "the entry the bind arrived in, whole; the rest of the search is abandoned"
     );
+    // Nothing more of the search: the next answer is WhoAmI's.
     assert_eq!(whoami(&mut c, 4), format!("dn:{}", dn("erin")));
-    let dns: Vec<String> = (0..8).map(|i| format!("cn={cn}-{i},{base}")).collect();
-    let mut args = root.clone();
-    args.extend(dns.iter().map(String::as_str));
-    assert_eq!(ldap_tool("ldapdelete", &ds.uri, &args).code, 0);
+    assert!(
+        !bench.proxy.log().contains("in the middle of a response"),
+        "{}",
+        bench.proxy.log()
+    );
+}
+
+/// Deletes entries (as Directory Manager) when dropped.
+struct Entries(Vec<String>);
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        let mut args = as_root();
+        args.extend(self.0.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
+    }
 }

@@ -21,7 +21,8 @@ const STUCK: &str = "ldap_pam_proxy_pam_workers{state=\"stuck\"}";
 #[test]
 fn pool_gauges_follow_pending_binds() {
     let pam = PamSetup::new(PASSDB);
-    pam.set_duo_delay(3);
+    // Both pushes stay pending until the test lets them go.
+    let hold = pam.hold();
     let proxy = Proxy::with_pam(&pam, &duo_route("[pam]\nworkers = 4"));
     assert_eq!(proxy.metric(BUSY), Some(0.0));
     assert_eq!(
@@ -36,6 +37,7 @@ fn pool_gauges_follow_pending_binds() {
         proxy.metric(BUSY)
     );
     assert_eq!(proxy.metric("ldap_pam_proxy_client_connections"), Some(2.0));
+    hold.release();
     assert_eq!(bind_result(&mut a), LdapResultCode::Success);
     assert_eq!(bind_result(&mut b), LdapResultCode::Success);
     assert!(eventually(Duration::from_secs(10), || proxy.metric(BUSY) == Some(0.0)));
@@ -63,11 +65,16 @@ fn pool_gauges_follow_pending_binds() {
 #[test]
 fn stuck_workers_are_counted_until_libpam_returns() {
     let pam = PamSetup::new(PASSDB);
-    pam.set_duo_delay(3);
-    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"1s\"\n[pam]\nworkers = 2"));
+    let hold = pam.hold();
+    // The deadline leaves a loaded machine time to start the push, which is then held
+    // past it.
+    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"3s\"\n[pam]\nworkers = 2"));
     let mut c = start_bind(&proxy, "alice", "alice-pampw");
     assert_eq!(bind_result(&mut c), LdapResultCode::Unavailable);
+    assert!(eventually(Duration::from_secs(15), || pam.pushes().len() == 1));
     assert_eq!(proxy.metric(STUCK), Some(1.0));
+    assert_eq!(proxy.metric(BUSY), Some(1.0));
+    hold.release();
     assert!(
         eventually(Duration::from_secs(10), || proxy.metric(STUCK) == Some(0.0)
             && proxy.metric(BUSY) == Some(0.0)),
@@ -168,11 +175,14 @@ fn sighup_reloads_routes_and_refuses_a_broken_file() {
 fn passwords_never_reach_the_logs() {
     let marker = "Zx9-secret-marker-7Qw";
     let pam = PamSetup::new(PASSDB);
-    pam.set_duo_delay(2);
-    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"1s\""));
+    // Bob's push is held past his deadline (long enough for a loaded machine to start
+    // it), so it is still running for the refusal below.
+    let hold = pam.hold();
+    let proxy = Proxy::with_pam(&pam, &duo_route("timeout = \"3s\""));
     // PAM says no (after the deadline, the transaction still ends with AUTH_ERR).
     let mut c = start_bind(&proxy, "bob", marker);
     assert_eq!(bind_result(&mut c), LdapResultCode::Unavailable);
+    assert!(eventually(Duration::from_secs(15), || pam.pushes().len() == 1));
     // The directory says no (a forwarded bind).
     let out = ldap_tool(
         "ldapwhoami",
@@ -187,6 +197,7 @@ fn passwords_never_reach_the_logs() {
         proxy.metric("ldap_pam_proxy_binds_rate_limited_total{reason=\"in_flight\"}"),
         Some(1.0)
     );
+    hold.release();
     assert!(eventually(Duration::from_secs(10), || proxy.metric(
         "ldap_pam_proxy_pam_transactions_total{service=\"duo\",outcome=\"auth_err\"}"
     ) == Some(1.0)));
@@ -299,39 +310,6 @@ fn pam_duo_that_would_fail_open_stops_the_start() {
     );
 }
 
-/// Removes a subtree of the test directory when dropped (as Directory Manager).
-struct Subtree(String);
-
-impl Subtree {
-    /// `ou=<name>,<suffix>` with `aci` (if any) and one internal user `uid=<uid>`.
-    fn create(name: &str, aci: Option<&str>, uid: &str) -> Subtree {
-        let ds = directory();
-        let base = format!("ou={name},{}", ds.suffix);
-        let aci = aci.map(|a| format!("aci: {a}\n")).unwrap_or_default();
-        let ldif = format!(
-            "dn: {base}\nobjectClass: top\nobjectClass: organizationalUnit\nou: {name}\n{aci}\n\
-             dn: uid={uid},{base}\nobjectClass: top\nobjectClass: person\nobjectClass: organizationalPerson\n\
-             objectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
-             uidNumber: 60001\ngidNumber: 10000\nhomeDirectory: /home/{uid}\n"
-        );
-        let mut args = as_root();
-        args.push("-a".into());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = ldap_tool_input("ldapmodify", &ds.uri, &args, Some(&ldif));
-        assert_eq!(out.code, 0, "{out:?}");
-        Subtree(base)
-    }
-}
-
-impl Drop for Subtree {
-    fn drop(&mut self) {
-        let mut args = as_root();
-        args.extend(["-r".to_owned(), self.0.clone()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
-    }
-}
-
 /// The service account's rights on the attributes a route filter uses are checked at
 /// start: without read/search on homeDirectory in the route's scope (a deny ACI on a
 /// throwaway subtree, so tests running beside this one are not affected), the proxy
@@ -349,7 +327,11 @@ fn missing_rights_on_a_filter_attribute_stop_the_start() {
         "(targetattr = \"homeDirectory\")(version 3.0; acl \"rights test: no homeDirectory\"; deny (read, search, compare) userdn = \"ldap:///{}\";)",
         ds.service_dn
     );
-    let denied = Subtree::create(&unique("RightsTest"), Some(&deny), "rt-denied");
+    let denied = Subtree::create(
+        &unique("RightsTest"),
+        Some(&deny),
+        &["rt-denied".to_owned()],
+    );
     let pam = PamSetup::new(PASSDB);
     match Proxy::try_with_pam(&pam, &route(&denied.0)) {
         Ok(p) => panic!("started without rights on homeDirectory:\n{}", p.log()),
@@ -359,7 +341,7 @@ fn missing_rights_on_a_filter_attribute_stop_the_start() {
             }
         }
     }
-    let allowed = Subtree::create(&unique("RightsTest"), None, "rt-allowed");
+    let allowed = Subtree::create(&unique("RightsTest"), None, &["rt-allowed".to_owned()]);
     let proxy = Proxy::with_pam(&pam, &route(&allowed.0));
     assert!(
         !proxy.log().contains("cannot read and search"),
@@ -418,8 +400,12 @@ fn directory_checks_wait_for_a_directory_that_is_down() {
         proxy.http_get("/readyz"),
         proxy.log()
     );
+    // /readyz turns ready just before the line is logged, and the log is read from the
+    // proxy's stderr as it comes.
     assert!(
-        proxy.log().contains("directory checks passed"),
+        eventually(Duration::from_secs(10), || proxy
+            .log()
+            .contains("directory checks passed")),
         "{}",
         proxy.log()
     );

@@ -228,13 +228,15 @@ pam_test!(duo_one_push_per_transaction, |t| {
     assert_eq!(t.pushes(), ["carol 192.0.2.7", "carol 192.0.2.7"]);
 });
 
+// Held pushes keep the worker busy for as long as the test needs: no window of
+// wall-clock time decides what is running, waiting or refused.
 pam_test!(queue_full, |t| {
-    t.set_duo_delay(2);
+    let hold = t.hold();
     let pool = PamPool::new(1, 1).expect("pool");
     let first = pool
         .submit(request("duo", "carol", PW), LONG)
         .expect("runs");
-    wait_until("worker busy", || pool.stats().busy == 1);
+    wait_until("the first push", || t.pushes().len() == 1);
     let second = pool
         .submit(request("duo", "carol", PW), LONG)
         .expect("queued");
@@ -243,6 +245,7 @@ pam_test!(queue_full, |t| {
     assert_eq!(third.err(), Some(PoolError::QueueFull));
     // A client that went away does not cancel its transaction.
     drop(first);
+    hold.release();
     assert_eq!(block_on(second.wait()), Completed(Success));
     assert_eq!(pool.stats().rejected_full, 1);
     assert_eq!(pool.transactions_started(), 2);
@@ -250,18 +253,23 @@ pam_test!(queue_full, |t| {
 });
 
 pam_test!(deadline_passes_worker_stuck_then_reused, |t| {
-    t.set_duo_delay(3);
+    let hold = t.hold();
     let pool = PamPool::new(1, 4).expect("pool");
-    let slow = pool.submit(request("duo", "carol", PW), Duration::from_secs(1));
-    assert_eq!(block_on(slow.expect("accepted").wait()), DeadlinePassed);
+    // The deadline leaves a loaded machine time to start the transaction; once its push
+    // is recorded it is inside libpam, held there until the test lets go.
+    let slow = pool
+        .submit(request("duo", "carol", PW), Duration::from_secs(5))
+        .expect("accepted");
+    wait_until("the push", || t.pushes().len() == 1);
+    assert_eq!(block_on(slow.wait()), DeadlinePassed);
     let stats = pool.stats();
     assert_eq!((stats.busy, stats.stuck), (1, 1), "{stats:?}");
 
+    hold.release();
     wait_until("libpam to return", || pool.stats().busy == 0);
     assert_eq!(pool.stats().stuck, 0);
     assert_eq!(pool.stats().overran, 1);
 
-    t.set_duo_delay(0);
     let next = pool
         .submit(request("duo", "carol", PW), LONG)
         .expect("accepted");
@@ -271,13 +279,16 @@ pam_test!(deadline_passes_worker_stuck_then_reused, |t| {
 });
 
 pam_test!(job_expired_in_queue_never_reaches_pam, |t| {
-    t.set_duo_delay(2);
+    let hold = t.hold();
     let pool = PamPool::new(1, 4).expect("pool");
     let first = pool
         .submit(request("duo", "carol", PW), LONG)
         .expect("runs");
+    wait_until("the first push", || t.pushes().len() == 1);
     let late = pool.submit(request("duo", "carol", PW), Duration::from_millis(300));
+    // Its deadline passes while the worker is held by the first.
     assert_eq!(block_on(late.expect("queued").wait()), DeadlinePassed);
+    hold.release();
     assert_eq!(block_on(first.wait()), Completed(Success));
     wait_until("the expired job to be dropped", || {
         pool.stats().expired_in_queue == 1
@@ -286,10 +297,10 @@ pam_test!(job_expired_in_queue_never_reaches_pam, |t| {
     assert_eq!(t.pushes().len(), 1);
 });
 
-// Overlap is shown by all four transactions being inside libpam at once, not
-// by wall time (the machine may be slow).
+// Overlap is shown by all four transactions being inside libpam at once, held there,
+// not by wall time.
 pam_test!(concurrent_transactions_overlap, |t| {
-    t.set_duo_delay(1);
+    let hold = t.hold();
     let pool = PamPool::new(4, 4).expect("pool");
     let tickets: Vec<_> = (0..4)
         .map(|_| {
@@ -300,9 +311,38 @@ pam_test!(concurrent_transactions_overlap, |t| {
     wait_until("four pushes", || t.pushes().len() == 4);
     let stats = pool.stats();
     assert_eq!((stats.busy, stats.completed), (4, 0), "{stats:?}");
+    hold.release();
     for ticket in tickets {
         assert_eq!(block_on(ticket.wait()), Completed(Success));
     }
     assert_eq!(pool.transactions_started(), 4);
     assert_eq!(t.pushes().len(), 4);
+});
+
+// Fairness between the pool's classes (here: the PAM services, as the gate names its
+// routes): duo pushes that would take every worker leave one to csu, whose transaction
+// ends while all of them are held.
+pam_test!(a_slow_service_leaves_a_worker_to_a_fast_one, |t| {
+    let hold = t.hold();
+    let pool = PamPool::new(3, 8).expect("pool");
+    pool.set_classes([("duo", None), ("csu", None)]);
+    let duo: Vec<_> = (0..5)
+        .map(|_| {
+            pool.submit(request("duo", "carol", PW), LONG)
+                .expect("accepted")
+        })
+        .collect();
+    wait_until("two pushes", || t.pushes().len() == 2);
+    let csu = pool
+        .submit(request("csu", "alice", PW), LONG)
+        .expect("accepted");
+    assert_eq!(block_on(csu.wait()), Completed(Success));
+    let stats = pool.stats();
+    assert_eq!((stats.busy, stats.queued), (2, 3), "{stats:?}");
+    assert_eq!(t.pushes().len(), 2, "every duo push still held");
+    hold.release();
+    for ticket in duo {
+        assert_eq!(block_on(ticket.wait()), Completed(Success));
+    }
+    assert_eq!(t.pushes().len(), 5);
 });

@@ -8,6 +8,15 @@ use common::*;
 use ldap3_proto::proto::{LdapExtendedRequest, LdapMsg, LdapOp, LdapResultCode, LdapSearchScope};
 use std::time::Duration;
 
+/// The tests of this file that write to the directory hold this shared; a comparison of
+/// the whole tree holds it alone, so the tree does not change between its two reads.
+static TREE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn tree_writer() -> std::sync::RwLockReadGuard<'static, ()> {
+    TREE.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `tool args` straight against 389 and through `proxy`; both must agree exactly.
 fn same_both_ways(proxy: &Proxy, tool: &str, args: &[&str]) -> Outcome {
     let direct = ldap_tool(tool, &directory().uri, args);
@@ -40,7 +49,11 @@ fn searches_in_every_scope_match_direct() {
         );
         assert_eq!(out.code, 0, "{out:?}");
     }
-    // The whole tree with all attributes, as the Directory Manager sees it.
+    // The whole tree with all attributes, as the Directory Manager sees it; the other
+    // tests of this file do not write meanwhile.
+    let _alone = TREE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut args = as_root();
     args.extend([
         "-b".into(),
@@ -180,6 +193,7 @@ fn unknown_extended_operation_matches_direct() {
 /// doing it directly.
 #[test]
 fn writes_as_directory_manager_go_through() {
+    let _writing = tree_writer();
     let proxy = Proxy::in_front_of_389();
     let ds = directory();
     let root = as_root();
@@ -274,10 +288,9 @@ fn pipelined_requests_are_all_answered() {
 /// the connection stays usable.
 #[test]
 fn persistent_search_and_abandon() {
+    let _writing = tree_writer();
     let proxy = Proxy::in_front_of_389();
     let ds = directory();
-    let cn = unique("psearch");
-    let dn = format!("cn={cn},ou=Groups,{}", ds.suffix);
     let mut c = RawClient::connect(proxy.addr);
     assert_eq!(
         c.simple_bind(1, &ds.root_dn, &ds.root_pw),
@@ -291,22 +304,41 @@ fn persistent_search_and_abandon() {
         &["cn"],
     );
     c.send(ps);
-    // Give 389 a moment to register the persistent search before the add.
-    std::thread::sleep(Duration::from_millis(500));
-    let add = format!("dn: {dn}\nobjectClass: top\nobjectClass: groupOfNames\ncn: {cn}\n");
+    // Nothing tells when 389 has registered the persistent search, and a change made
+    // before that is never notified. So add entries, one after another, until the
+    // notice of one of them arrives: every add after the registration is notified.
     let root = as_root();
     let root: Vec<&str> = root.iter().map(String::as_str).collect();
-    assert_eq!(
-        ldap_tool_input("ldapadd", &ds.uri, &root, Some(&add)).code,
-        0
-    );
-    // Other tests write under ou=Groups at the same time: wait for this entry's notice.
-    loop {
-        let m = c.recv().expect("change notification");
-        match m.op {
-            LdapOp::SearchResultEntry(e) if e.dn.eq_ignore_ascii_case(&dn) => break,
-            LdapOp::SearchResultEntry(_) => continue,
-            other => panic!("expected change notifications, got {other:?}"),
+    let mut added: Vec<String> = Vec::new();
+    let start = std::time::Instant::now();
+    'notified: loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no change notification for any of {added:?}"
+        );
+        let cn = unique("psearch");
+        let dn = format!("cn={cn},ou=Groups,{}", ds.suffix);
+        let add = format!("dn: {dn}\nobjectClass: top\nobjectClass: groupOfNames\ncn: {cn}\n");
+        assert_eq!(
+            ldap_tool_input("ldapadd", &ds.uri, &root, Some(&add)).code,
+            0
+        );
+        added.push(dn);
+        // Other tests write under ou=Groups at the same time: only ours count.
+        loop {
+            match c.recv_within(Duration::from_secs(1)) {
+                Received::Msg(m) => match m.op {
+                    LdapOp::SearchResultEntry(e)
+                        if added.iter().any(|d| e.dn.eq_ignore_ascii_case(d)) =>
+                    {
+                        break 'notified
+                    }
+                    LdapOp::SearchResultEntry(_) => continue,
+                    other => panic!("expected change notifications, got {other:?}"),
+                },
+                Received::TimedOut => continue 'notified,
+                other => panic!("expected change notifications, got {other:?}"),
+            }
         }
     }
     c.send(LdapMsg::new(3, LdapOp::AbandonRequest(2)));
@@ -323,7 +355,7 @@ fn persistent_search_and_abandon() {
         "no SearchResultDone for an abandoned search: {m:?}"
     );
     let mut args = root.clone();
-    args.push(&dn);
+    args.extend(added.iter().map(String::as_str));
     assert_eq!(ldap_tool("ldapdelete", &ds.uri, &args).code, 0);
 }
 
@@ -485,16 +517,28 @@ fn client_disconnect_closes_its_backend_connection() {
 /// SIGTERM: no new clients, an operation in flight still gets its answer, then a notice.
 #[test]
 fn sigterm_lets_in_flight_operations_finish() {
-    // A slow backend: answers each search after a second with an empty success.
+    // A scripted backend: tells the test when the client's search (messageID 5) has
+    // reached it, and answers it (an empty success) only when the test says so; the
+    // proxy's own questions at start get that answer at once.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = format!("ldap://{}", listener.local_addr().unwrap());
+    let (arrived, searches) = std::sync::mpsc::channel::<()>();
+    let (answer, answers) = std::sync::mpsc::channel::<()>();
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(answers));
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let mut s = s.unwrap();
+            let (arrived, answers) = (arrived.clone(), std::sync::Arc::clone(&answers));
+            // A thread per connection: the proxy also connects to check the backend.
             std::thread::spawn(move || {
                 let mut c = RawClientEnd::new(&mut s);
                 while let Some(m) = c.recv() {
-                    std::thread::sleep(Duration::from_secs(1));
+                    if m.msgid == 5 {
+                        let _ = arrived.send(());
+                        if answers.lock().unwrap().recv().is_err() {
+                            return;
+                        }
+                    }
                     c.send(LdapMsg::new(m.msgid, LdapOp::SearchResultDone(ok())));
                 }
             });
@@ -503,9 +547,24 @@ fn sigterm_lets_in_flight_operations_finish() {
     let mut proxy = Proxy::start(&backend, "[limits]\nshutdown_grace = \"20s\"\n");
     let mut c = RawClient::connect(proxy.addr);
     c.send(search(5, "", LdapSearchScope::Base, "(objectClass=*)", &[]));
-    std::thread::sleep(Duration::from_millis(200));
+    searches
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the search reached the backend");
     proxy.signal("TERM");
-    let m = c.recv().expect("answer to the in-flight search");
+    // The proxy is shutting down with the search in flight; only now does it get its
+    // answer.
+    assert!(
+        eventually(Duration::from_secs(20), || proxy
+            .log()
+            .contains("shutting down: 1 client connections finishing")),
+        "{}",
+        proxy.log()
+    );
+    assert!(!c.has_data_now(), "answered before its operation finished");
+    answer.send(()).expect("backend waits");
+    let m = c
+        .recv()
+        .unwrap_or_else(|| panic!("no answer to the in-flight search:\n{}", proxy.log()));
     assert_eq!(m.msgid, 5, "{m:?}");
     let m = c.recv().expect("notice");
     assert_eq!(notice_code(&m), Some(LdapResultCode::Unavailable));

@@ -10,11 +10,13 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 scripts/install-deps.sh
-# The sssd end-to-end test needs a real sssd and pamtester. Kept out of install-deps.sh
-# because installing sssd adds pam_sss and nss "sss" to the system's PAM and NSS
-# configuration, which a demo machine should not get as a side effect. The balancer test
-# runs a real HAProxy in front of two proxies.
-test_packages=(sssd-ldap sssd-tools libpam-sss libnss-sss pamtester haproxy)
+# The sssd end-to-end test needs a real sssd and pamtester (it runs them in a mount
+# namespace of their own: unshare and nsenter, util-linux), and tests/deploy.rs needs
+# systemd-analyze (Debian's systemd package; without systemd-sysv it does not become
+# the init system). Kept out of install-deps.sh because installing sssd adds pam_sss and
+# nss "sss" to the system's PAM and NSS configuration, which a demo machine should not
+# get as a side effect. The balancer test runs a real HAProxy in front of two proxies.
+test_packages=(sssd-ldap sssd-tools libpam-sss libnss-sss pamtester util-linux systemd haproxy)
 missing=()
 for p in "${test_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

@@ -4,36 +4,72 @@
 //! joins every retry onto the first transaction, so the login succeeds with one push.
 //! (With 389's own PAM plugin the same login fails after 90 s with 5–6 pushes.)
 //!
-//! Needs root and the packages tests/run.sh installs (sssd-ldap, libpam-sss, pamtester).
-//! Only one sssd can run per machine: this file holds the only sssd test.
+//! Needs root and the packages tests/run.sh installs (sssd-ldap, libpam-sss, libnss-sss,
+//! pamtester), and util-linux's `unshare` and `nsenter`.
+//!
+//! sssd's state directory (`/var/lib/sss`: cache, memory cache, the sockets pam_sss and
+//! nss_sss talk to), its pid file (`/run/sssd.pid`) and the PAM and NSS configuration are
+//! fixed paths. So this sssd runs in a mount namespace of its own, where a temporary
+//! directory stands in for each of them, and the PAM and NSS clients (`pamtester`,
+//! `getent`) run in that namespace too: the host's sssd, its cache and its configuration
+//! are neither touched nor used, and a host sssd may run meanwhile.
 
 mod common;
 
 use common::*;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 const PAM_SERVICE: &str = "lpp-sssd-test";
 
-/// sssd in the foreground with a private configuration; stopped when dropped.
+/// sssd in the foreground, in its own mount namespace; stopped when dropped.
 struct Sssd {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Sssd {
     fn start(ldap_uri: &str, suffix: &str) -> Sssd {
-        // Cached identities of an earlier run would hide a broken lookup.
-        for dir in ["/var/lib/sss/db", "/var/lib/sss/mc"] {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("sssd.conf");
+        let root = dir.path();
+        // /var/lib/sss as the package lays it out.
+        for sub in [
+            "sss/db",
+            "sss/mc",
+            "sss/pipes/private",
+            "sss/pubconf/krb5.include.d",
+            "sss/gpo_cache",
+            "sss/secrets",
+            "sss/deskprofile",
+            "run",
+            "pam.d",
+        ] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        for (sub, mode) in [
+            ("sss/db", 0o700),
+            ("sss/pipes/private", 0o750),
+            ("sss/secrets", 0o700),
+        ] {
+            std::fs::set_permissions(
+                root.join(sub),
+                std::os::unix::fs::PermissionsExt::from_mode(mode),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            root.join("pam.d").join(PAM_SERVICE),
+            "auth required pam_sss.so\naccount required pam_sss.so\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("nsswitch.conf"),
+            "passwd: files sss\ngroup: files sss\nshadow: files\n",
+        )
+        .unwrap();
+        let conf = root.join("sssd.conf");
         let text = format!(
             "[sssd]\nservices = nss, pam\ndomains = LPP\n\n[nss]\n\n[pam]\n\n[domain/LPP]\nid_provider = ldap\nauth_provider = ldap\nldap_uri = {ldap_uri}\nldap_search_base = {suffix}\nldap_schema = rfc2307\ncache_credentials = false\nenumerate = false\nldap_auth_disable_tls_never_use_in_production = true\n"
         );
@@ -41,14 +77,58 @@ impl Sssd {
         // sssd refuses a configuration others can read.
         std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let child = Command::new("sssd")
-            .args(["-i", "-d", "2", "--logger=stderr", "-c"])
-            .arg(&conf)
+        let log = std::fs::File::create(root.join("sssd.log")).unwrap();
+        // unshare runs the shell in the new namespace itself (no fork), and the shell
+        // execs sssd: the child's pid names the namespace for nsenter.
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-ec"])
+            .arg(
+                "mount --bind \"$1/sss\" /var/lib/sss
+                 mount --bind \"$1/run\" /run
+                 mount --bind \"$1/pam.d\" /etc/pam.d
+                 mount --bind \"$1/nsswitch.conf\" /etc/nsswitch.conf
+                 exec sssd -i -d 2 --logger=stderr -c \"$1/sssd.conf\"",
+            )
+            .arg("sh")
+            .arg(root)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
-            .expect("sssd (install sssd-ldap: tests/run.sh does)");
-        Sssd { child, _dir: dir }
+            .expect("unshare (util-linux)");
+        Sssd { child, dir }
+    }
+
+    /// Runs `program args` in sssd's mount namespace.
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.child.id()))
+            .arg("--")
+            .arg(program)
+            .args(args);
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sssd.log")).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Whether this sssd is in a mount namespace of its own, serving its NSS and PAM
+    /// sockets (they appear in the directory that stands in for /var/lib/sss). Until
+    /// then, a client "in its namespace" could be in the host's and reach the host's
+    /// sssd, if one runs.
+    fn serving(&mut self) -> bool {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let own = ns(&self.child.id().to_string());
+        let pipes = self.dir.path().join("sss/pipes");
+        self.running()
+            && own.is_some()
+            && own != ns("self")
+            && pipes.join("nss").exists()
+            && pipes.join("pam").exists()
     }
 }
 
@@ -67,6 +147,19 @@ impl Drop for Sssd {
     }
 }
 
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The file the host would read, to show that the test left it alone.
+fn host_file(path: &str) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
 #[test]
 fn sssd_login_with_a_20s_push_sends_one_push() {
     let pam = PamSetup::new("alice:alice-pampw:duo\n");
@@ -74,6 +167,9 @@ fn sssd_login_with_a_20s_push_sends_one_push() {
     let proxy = Proxy::with_pam(
         &pam,
         r#"
+[metrics]
+listen = "127.0.0.1:0"
+
 [[route]]
 name = "duo"
 filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
@@ -81,25 +177,32 @@ pam_service = "duo"
 secure = false
 "#,
     );
-    std::fs::write(
-        format!("/etc/pam.d/{PAM_SERVICE}"),
-        "auth required pam_sss.so\naccount required pam_sss.so\n",
-    )
-    .expect("write /etc/pam.d service (run as root)");
-    let _sssd = Sssd::start(&proxy.uri(), &directory().suffix);
+    let host_pam: PathBuf = Path::new("/etc/pam.d").join(PAM_SERVICE);
+    let host_nsswitch = host_file("/etc/nsswitch.conf");
+    let mut sssd = Sssd::start(&proxy.uri(), &directory().suffix);
+    assert!(
+        eventually(Duration::from_secs(30), || sssd.serving()),
+        "sssd did not come up in its namespace (running: {}):\n{}",
+        sssd.running(),
+        sssd.log()
+    );
     assert!(
         eventually(Duration::from_secs(30), || {
-            Command::new("getent")
-                .args(["passwd", "alice"])
+            sssd.command("getent", &["passwd", "alice"])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("alice:"))
         }),
-        "sssd never resolved alice through the proxy:\n{}",
+        "sssd never resolved alice through the proxy (running: {}):\n{}\nproxy log:\n{}",
+        sssd.running(),
+        sssd.log(),
         proxy.log()
     );
 
-    let mut login = Command::new("timeout")
-        .args(["150", "pamtester", PAM_SERVICE, "alice", "authenticate"])
+    let mut login = sssd
+        .command(
+            "timeout",
+            &["150", "pamtester", PAM_SERVICE, "alice", "authenticate"],
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,18 +215,11 @@ secure = false
         .write_all(b"alice-pampw\n")
         .unwrap();
     let out = login.wait_with_output().unwrap();
-    // One log line per bind sssd sent: abandoned ones and the one that got the answer.
-    let binds = proxy
-        .log()
-        .lines()
-        .filter(|l| l.contains("bind") && l.contains("uid=alice,ou=People"))
-        .count();
-    let _ = std::fs::remove_file(format!("/etc/pam.d/{PAM_SERVICE}"));
     assert!(
         out.status.success(),
-        "login failed: {}{}\nproxy log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        "login failed: {}\nsssd log:\n{}\nproxy log:\n{}",
+        text(&out),
+        sssd.log(),
         proxy.log()
     );
     assert_eq!(
@@ -132,6 +228,22 @@ secure = false
         "one login, one push: {:?}",
         pam.pushes()
     );
-    // sssd really did retry: the proxy saw its bind more than once.
-    assert!(binds >= 2, "expected sssd's retries, saw {binds} bind(s)");
+    // sssd really did retry, and its retries joined the one transaction.
+    let coalesced = proxy
+        .metric("ldap_pam_proxy_binds_coalesced_total")
+        .unwrap_or(0.0);
+    assert!(
+        coalesced >= 1.0,
+        "expected sssd's retries to join the push, {coalesced} did:\n{}",
+        proxy.log()
+    );
+    // It was this sssd, through the proxy, that resolved and logged alice in.
+    assert!(
+        proxy.log().contains("uid=alice,ou=People"),
+        "{}",
+        proxy.log()
+    );
+    // Nothing of this reached the host's configuration.
+    assert!(!host_pam.exists(), "{} was written", host_pam.display());
+    assert_eq!(host_file("/etc/nsswitch.conf"), host_nsswitch);
 }

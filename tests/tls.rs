@@ -146,19 +146,17 @@ impl Pki {
 
 /// The DER of the first certificate in a PEM file.
 fn der_of(pem: &Path) -> Vec<u8> {
-    let file = std::fs::File::open(pem).expect("pem");
-    rustls_pemfile::certs(&mut std::io::BufReader::new(file))
-        .next()
-        .expect("a certificate")
-        .expect("PEM")
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(pem)
+        .expect("a PEM certificate")
         .to_vec()
 }
 
 /// A rustls client configuration trusting `ca`.
 fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    let file = std::fs::File::open(ca).expect("ca");
-    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(cert.expect("PEM")).expect("CA");
     }
     Arc::new(
@@ -944,17 +942,22 @@ fn pam_bind_over_tls_on_secure_route() {
     assert_eq!(clear.code, 13, "{clear:?}");
     assert_eq!(pam.pushes().len(), 1, "no PAM call for a clear bind");
 
-    // bob's route is not secure and its PAM transaction takes 2 s: StartTLS meanwhile
-    // gets operationsError, and the bind still completes.
-    pam.set_duo_delay(2);
+    // bob's route is not secure and his push is held: StartTLS while the bind is pending
+    // in PAM gets operationsError, and the bind still completes.
+    let hold = pam.hold();
     let mut c = Conn::connect(proxy.addr);
     c.send(bind_request(
         1,
         &format!("uid=bob,{}", people()),
         "bob-pampw",
     ));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(15), || pam.pushes().len() == 2),
+        "bob's push: {:?}",
+        pam.pushes()
+    );
     assert_eq!(c.start_tls(2).0, LdapResultCode::OperationsError);
+    hold.release();
     let m = c.recv().expect("bind response");
     let LdapOp::BindResponse(r) = m.op else {
         panic!("{m:?}")

@@ -283,6 +283,54 @@ fn remove_pam_wrapper_dir(pid: u32) {
     }
 }
 
+/// An exclusive lock on a file, held by a `flock` child process (so it is released
+/// when the test process dies, too). The `duo` test push waits for a shared lock on it.
+pub struct Hold {
+    child: Option<Child>,
+}
+
+impl Hold {
+    fn take(path: &Path) -> Hold {
+        std::fs::write(path, "").expect("hold file");
+        // Not under pam_wrapper, even when the caller is.
+        let mut child = Command::new("flock")
+            .arg("-x")
+            .arg(path)
+            .args(["-c", "echo held; exec cat >/dev/null"])
+            .env_remove("LD_PRELOAD")
+            .env_remove("PAM_WRAPPER")
+            .env_remove("PAM_WRAPPER_SERVICE_DIR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("flock (util-linux)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read flock");
+        assert_eq!(line.trim(), "held", "flock did not take the lock");
+        Hold { child: Some(child) }
+    }
+
+    /// Lets every held push go on.
+    pub fn release(mut self) {
+        self.let_go();
+    }
+
+    fn let_go(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
 /// What a command-line client did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -414,6 +462,59 @@ pub fn ldap3_entries(
     v
 }
 
+/// A subtree of the test directory a test made, removed (as Directory Manager) when
+/// dropped.
+pub struct Subtree(pub String);
+
+impl Subtree {
+    /// `ou=<name>,<suffix>` with `aci` (if any) and one internal user (posixAccount,
+    /// `homeDirectory /home/<uid>`: the tests' duo route) per uid, without a directory
+    /// password.
+    pub fn create(name: &str, aci: Option<&str>, uids: &[String]) -> Subtree {
+        let ds = directory();
+        let base = format!("ou={name},{}", ds.suffix);
+        let aci = aci.map(|a| format!("aci: {a}\n")).unwrap_or_default();
+        let mut ldif = format!(
+            "dn: {base}\nobjectClass: top\nobjectClass: organizationalUnit\nou: {name}\n{aci}\n"
+        );
+        for (i, uid) in uids.iter().enumerate() {
+            ldif.push_str(&format!(
+                "dn: uid={uid},{base}\nobjectClass: top\nobjectClass: person\nobjectClass: organizationalPerson\n\
+                 objectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
+                 uidNumber: {}\ngidNumber: 10000\nhomeDirectory: /home/{uid}\n\n",
+                60001 + i
+            ));
+        }
+        let mut args = as_root();
+        args.push("-a".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ldap_tool_input("ldapmodify", &ds.uri, &args, Some(&ldif));
+        assert_eq!(out.code, 0, "{out:?}");
+        Subtree(base)
+    }
+
+    /// The DN of the user `uid` in it.
+    pub fn user(&self, uid: &str) -> String {
+        format!("uid={uid},{}", self.0)
+    }
+}
+
+impl Drop for Subtree {
+    fn drop(&mut self) {
+        let mut args = as_root();
+        args.extend(["-r".to_owned(), self.0.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
+    }
+}
+
+/// A simple bind as `dn` on a new connection, without waiting for the answer.
+pub fn start_bind_dn(proxy: &Proxy, dn: &str, pw: &str) -> RawClient {
+    let mut c = RawClient::connect(proxy.addr);
+    c.send(bind_request(1, dn, pw));
+    c
+}
+
 /// A unique name for entries a test creates, so tests never see each other's writes.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -450,6 +551,55 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(addr: impl std::net::ToSocketAddrs) -> RawClient {
         RawClient::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects with a receive buffer of `bytes` (`SO_RCVBUF`, set before connecting, so
+    /// the kernel does not grow it): what the server can have in flight to a client that
+    /// does not read is then bounded by this and the server's own send buffer.
+    pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: usize) -> RawClient {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect");
+        RawClient::over(socket.into())
+    }
+
+    /// The receive buffer the kernel gave this connection (`SO_RCVBUF`).
+    pub fn rcvbuf(&self) -> usize {
+        socket2::SockRef::from(&self.stream)
+            .recv_buffer_size()
+            .expect("SO_RCVBUF")
+    }
+
+    /// Reads once from the socket (what has arrived, at most 64 KiB, blocking until
+    /// something has) into the buffer messages are decoded from; 0 when the server
+    /// closed.
+    pub fn read_chunk(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Bytes read from the socket and not decoded yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Whether the server has sent anything not read yet, looked at without waiting.
+    pub fn has_data_now(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let ready = match self.stream.peek(&mut byte) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("peek: {e}"),
+        };
+        self.stream.set_nonblocking(false).expect("blocking");
+        ready
     }
 
     /// Connects from the local address `local` (any port), to be "another client
@@ -915,6 +1065,14 @@ impl PamSetup {
     /// How long each `duo` transaction waits after recording its push.
     pub fn set_duo_delay(&self, seconds: u32) {
         self.write_state("duo-delay", &seconds.to_string());
+    }
+
+    /// Holds every `duo` push (started now or later) after it is recorded, until the
+    /// returned [`Hold`] is released or dropped: the test, not the clock, decides when
+    /// the "phone" answers. A push recorded in [`PamSetup::pushes`] is then provably
+    /// pending.
+    pub fn hold(&self) -> Hold {
+        Hold::take(&self.state().join("duo-hold"))
     }
 
     /// One line per `duo` transaction started so far: `<PAM user> <PAM rhost>`.

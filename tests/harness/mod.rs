@@ -294,10 +294,21 @@ impl Wire {
         dn: &str,
         pw: &str,
     ) -> Result<ldap3_proto::proto::LdapResultCode, String> {
+        self.bind_answer(dn, pw).map(|(code, _)| code)
+    }
+
+    /// A simple bind's result code and diagnostic message.
+    pub fn bind_answer(
+        &mut self,
+        dn: &str,
+        pw: &str,
+    ) -> Result<(ldap3_proto::proto::LdapResultCode, String), String> {
         let id = self.send(bind_request(0, dn, pw).op)?;
         let m = self.recv()?;
         match m.op {
-            ldap3_proto::proto::LdapOp::BindResponse(r) if m.msgid == id => Ok(r.res.code),
+            ldap3_proto::proto::LdapOp::BindResponse(r) if m.msgid == id => {
+                Ok((r.res.code, r.res.message))
+            }
             other => Err(format!("expected a bind response, got {other:?}")),
         }
     }

@@ -51,8 +51,8 @@ fn sigterm_with_100_pending_binds_and_searches_ends_in_time() {
         .collect();
     let pam = PamSetup::new(&passdb);
     let hangs = Hangs::new(&pam);
-    // Pushes answered 3 s after they start: within the grace.
-    pam.set_duo_delay(3);
+    // Pushes held until the test lets them go, after SIGTERM: answered within the grace.
+    let phone = pam.hold();
     let mut proxy = proxy_with(
         &pam,
         "",
@@ -83,7 +83,7 @@ timeout = "120s"
         &[("RUST_LOG", "info")],
     );
     let sampler = Sampler::start(proxy.pid());
-    // 50 binds whose push is answered in 3 s, 50 whose module never returns.
+    // 50 binds whose push is answered after SIGTERM, 50 whose module never returns.
     let mut answered: Vec<RawClient> = slow
         .uids
         .iter()
@@ -150,6 +150,7 @@ timeout = "120s"
             >= 50));
         *signalled.lock().unwrap() = Some(Instant::now());
         proxy.signal("TERM");
+        phone.release();
         // From here the searching clients go on until the proxy tells them it stops.
         std::mem::forget(stop_if_failed);
     });
@@ -188,7 +189,7 @@ timeout = "120s"
     );
     figures(
         &format!(
-            "SIGTERM (grace {GRACE:?}) with 100 pending binds (50 pushes of 3 s, 50 stuck in PAM) and 8 searching connections"
+            "SIGTERM (grace {GRACE:?}) with 100 pending binds (50 pushes answered after the signal, 50 stuck in PAM) and 8 searching connections"
         ),
         &format!(
             "50 binds success, 50 unavailable at the grace's end (last answer {latest:?}); {} searches whole, {} connections told unavailable between operations",

@@ -181,6 +181,17 @@ pub fn connection_slots(open: usize, leaving: usize) {
     gauge!("ldap_pam_proxy_connection_slots", "state" => "leaving").set(leaving as f64);
 }
 
+/// Exports the connection counters at zero, so that a rate or an alert on them works
+/// before the first refusal.
+pub fn connection_counters_at_zero() {
+    for reason in ["max_connections", "per_address", "proxy_header"] {
+        counter!("ldap_pam_proxy_connections_refused_total", "reason" => reason).increment(0);
+    }
+    counter!("ldap_pam_proxy_connections_evicted_total").increment(0);
+    counter!("ldap_pam_proxy_connections_forced_total").increment(0);
+    connection_slots(0, 0);
+}
+
 /// A client connection refused (`reason`: max_connections, per_address, proxy_header).
 pub fn connection_refused(reason: &'static str) {
     counter!("ldap_pam_proxy_connections_refused_total", "reason" => reason).increment(1);

@@ -186,6 +186,7 @@ fn cut_margin(grace: Duration) -> Duration {
 pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: CancellationToken) {
     let config = shared.config();
     let slots = Slots::new(config.limits.max_connections);
+    metrics::connection_counters_at_zero();
     let sessions = TaskTracker::new();
     let mut refusals = Throttle::default();
     let Listeners { plain, ldaps } = listeners;

@@ -250,8 +250,12 @@ async fn start_metrics(addr: SocketAddr, shared: &Arc<Shared>) -> anyhow::Result
 /// them in; and while the directory checks of the configuration in force have not
 /// passed, those checks again.
 async fn watch_directory(shared: Arc<Shared>) {
+    let mut links = ldap_pam_proxy::backend::ProbeLinks::new();
     loop {
-        let probes = shared.backends.probe(&shared.config().backend).await;
+        let probes = shared
+            .backends
+            .probe(&shared.config().backend, &mut links)
+            .await;
         shared.health.set_backends(probes);
         if shared.health.directory_problem().is_some() {
             let config = shared.config();

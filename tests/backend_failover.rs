@@ -42,7 +42,7 @@ const PHASES: [&str; 5] = [
     "first stopped",
     "first back, second stopped",
     "both stopped",
-    "second back",
+    "second back (from its restart's end)",
 ];
 
 /// What one kind of traffic saw, per phase.
@@ -298,8 +298,8 @@ secure = false
             Err(e) if e.contains("Unavailable") => {}
             other => panic!("a bind with no directory: {other:?}"),
         }
-        phase(4);
         b.start();
+        phase(4);
         assert!(eventually(Duration::from_secs(30), || proxy
             .http_get("/readyz")
             .0

@@ -401,13 +401,16 @@ secure = false
     figures(
         "flood: 2,200 hostile clients (garbage, silent, slowloris, oversized, partial, never-read)",
         &format!(
-            "searches {} ok p99 {:?}; csu {} ok p99 {:?}; duo {} ok p99 {:?}",
+            "searches {} ok p99 {:?} max {:?}; csu {} ok p99 {:?} max {:?}; duo {} ok p99 {:?} max {:?}",
             searches.ok,
             searches.p99(),
+            searches.max(),
             csu.ok,
             csu.p99(),
+            csu.max(),
             duo.ok,
-            duo.p99()
+            duo.p99(),
+            duo.max()
         ),
         (rss, threads),
         &format!(

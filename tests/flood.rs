@@ -436,12 +436,13 @@ secure = false
     );
 }
 
-/// What the proxy's memory may reach in this flood, from its limits: a base of 64 MiB
-/// (the binary, the runtime, PAM under pam_wrapper: about 20 MiB idle) plus, for each of
-/// the 1,000 slots, a message being read (at most `max_message_size`, 64 KiB) and what a
-/// client that does not read can pile up before the session stops reading its backend
-/// (256 KiB for the client, 64 KiB read from the backend).
+/// What the proxy's memory may reach, from its limits and the worst case per connection
+/// the design documents (DESIGN §1, "Backpressure, bounded memory": about
+/// 3 × `max_message_size` + 1 MiB), over every slot of the table, plus a base of 64 MiB
+/// (the binary, the runtime, PAM under pam_wrapper: about 20 MiB idle): 1.2 GiB here. The
+/// flood stays far below it (the figures print the peak): it is the bound the proxy
+/// promises whatever the clients send, not a measurement.
 fn memory_bound() -> u64 {
-    let per_connection = MAX_MESSAGE as u64 + (256 + 64) * 1024;
+    let per_connection = 3 * MAX_MESSAGE as u64 + (1 << 20);
     (64 << 20) + MAX_CONNECTIONS as u64 * per_connection
 }

@@ -251,6 +251,21 @@ secure = false
                 other => panic!("pending bind: {other:?}"),
             }
         }
+        // The client that was told unavailable retries, as sssd does: the retry joins the
+        // transaction that went on, and succeeds with no second push.
+        for u in ["alice", "bob", "carol"] {
+            let mut c = start_bind(&proxy, u, &format!("{u}-pampw"));
+            assert_eq!(bind_result(&mut c), LdapResultCode::Success, "{u}'s retry");
+            let pushes = pam.pushes();
+            assert_eq!(
+                pushes
+                    .iter()
+                    .filter(|p| p.starts_with(&format!("{u} ")))
+                    .count(),
+                1,
+                "{pushes:?}"
+            );
+        }
         // The proxy sees it, stays ready on the second, and serves from it: the write
         // made on the first is there.
         assert!(eventually(Duration::from_secs(20), || backend_up(

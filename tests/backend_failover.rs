@@ -364,3 +364,41 @@ secure = false
     assert_eq!(directory_password_successes.load(Relaxed), 0, "{summary}");
     assert!(directory_password_tries.load(Relaxed) > 0, "{summary}");
 }
+
+/// A backend that accepts connections and answers nothing (a wedged server: the TCP
+/// handshake alone says nothing). The health watcher finds it out, with or without
+/// `[metrics]`, and new connections go to the next backend.
+#[test]
+fn a_backend_that_answers_nothing_is_passed_over_without_metrics() {
+    let wedged = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wedged_uri = format!("ldap://{}", wedged.local_addr().unwrap());
+    let held = std::sync::Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = std::sync::Arc::clone(&held);
+        std::thread::spawn(move || {
+            for s in wedged.incoming().flatten() {
+                held.lock().unwrap().push(s);
+            }
+        });
+    }
+    let ds = directory();
+    let proxy = Proxy::start_config(&format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[backend]\nuris = [\"{wedged_uri}\", \"{}\"]\nconnect_timeout = \"1s\"\n",
+        ds.uri
+    ));
+    // Fresh connections are answered once the watcher has passed the wedged one over.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let mut c = RawClient::connect(proxy.addr);
+            c.send(search(1, "", LdapSearchScope::Base, "(objectClass=*)", &[]));
+            matches!(c.recv_within(Duration::from_secs(2)), Received::Msg(_))
+        }),
+        "{}",
+        proxy.log()
+    );
+    assert!(
+        proxy.log().contains("backend does not answer"),
+        "{}",
+        proxy.log()
+    );
+}

@@ -520,7 +520,9 @@ declare -A TITLE=(
     if wants e; then
         echo
         echo "(e) $CLIENTS clients connect and stay idle, then each sends one search (all sent, then all read), then all leave; $CYCLES cycles"
-        [[ $CLIENTS -lt ${BENCH_CLIENTS:-10000} ]] && echo "    ($CLIENTS, not ${BENCH_CLIENTS:-10000}: a relay holds two descriptors per client and the hard limit here is $NOFILE)"
+        if (( CLIENTS < ${BENCH_CLIENTS:-10000} )); then
+            echo "    ($CLIENTS, not ${BENCH_CLIENTS:-10000}: a relay holds two descriptors per client and the hard limit here is $NOFILE)"
+        fi
         printf '| %-16s | %13s | %10s | %11s | %10s | %-32s | %-32s |\n' target "searches/s" "CPU/client" "RSS idle" "at $CLIENTS" "after the searches (cycle 1/2/3)" "after they left (cycle 1/2/3)"
         printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ --------------- ------------ ------------- ------------ ---------------------------------- ----------------------------------
         for t in "${E_TARGETS[@]}"; do
@@ -540,7 +542,8 @@ declare -A TITLE=(
     fi
     echo
     echo "load average (1 min) before each workload: ${LOADS[*]} (above $(nproc): other work shared the CPUs)"
-    flagged=0; for k in "${!FLAG[@]}"; do flagged=1; done
-    (( flagged )) && echo "! a point had errors: see the outputs named in the log above (BENCH_KEEP=1 keeps them)"
+    if (( ${#FLAG[@]} > 0 )); then
+        echo "! a point had errors: see the outputs named in the log above (BENCH_KEEP=1 keeps them)"
+    fi
 } | tee "$WORK/result.txt"
 say "done in $(( $(date +%s) - T0 ))s"

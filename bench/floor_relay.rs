@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Largest frame accepted (389's default nsslapd-maxbersize is 2 MiB; results are larger).
 const MAX_FRAME: usize = 64 << 20;
@@ -108,6 +108,14 @@ async fn serve(listener: TcpListener, backend: SocketAddr) {
     }
 }
 
+/// A listening socket with a backlog for bursts of connections (tokio's bind uses 128).
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.len() % 2 != 0 {
@@ -127,7 +135,7 @@ fn main() {
     runtime.block_on(async {
         for pair in args.chunks(2) {
             let (listen, backend) = (parse(&pair[0]), parse(&pair[1]));
-            let listener = TcpListener::bind(listen).await.unwrap_or_else(|e| {
+            let listener = listen_on(listen).unwrap_or_else(|e| {
                 eprintln!("floor-relay: cannot listen on {listen}: {e}");
                 std::process::exit(1)
             });

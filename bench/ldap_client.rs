@@ -509,9 +509,9 @@ fn cmd_hold(opts: &HashMap<String, String>) -> Result<(), String> {
     });
     let connected: usize = groups.iter().map(Vec::len).sum();
     let connect_s = t0.elapsed().as_secs_f64();
-    // The server has taken them once its descriptor count has grown by one per client
-    // (two for a relay that connects to its backend at accept time) and stays put.
-    let fds_held = settle(pid, Duration::from_secs(60), |n| n >= fds_before + connected);
+    // The server has taken them once its descriptor count has grown by about one per
+    // client (two for a relay that connects to its backend at accept time) and stays put.
+    let fds_held = settle(pid, Duration::from_secs(60), |n| n + 16 >= fds_before + connected);
     let rss_idle = status_kb(pid, "VmRSS:");
 
     // One search on each: all sent first, then all answers read.

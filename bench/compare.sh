@@ -358,7 +358,7 @@ us_per_op() { awk -v t="$1" -v hz="$HZ" -v n="$2" 'BEGIN { if (n > 0) printf "%.
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
 # ---------------------------------------------------------------- measuring
-declare -A RATE RCPU DCPU P50 P99 RSS FLAG
+declare -A RATE=() RCPU=() DCPU=() P50=() P99=() RSS=() FLAG=()
 # ldclt replaces XXXX with a random number from the given range (base, filter, bind DN
 # and password alike); bindeach opens a connection per operation: connect, bind, search,
 # unbind.
@@ -441,7 +441,7 @@ done
 
 # (e): CLIENTS connections held idle, one search each, then closed; CYCLES cycles, the
 # targets interleaved within each cycle.
-declare -A EHOLD ECPU
+declare -A EHOLD=() ECPU=()
 if wants e; then
     for ((c = 1; c <= CYCLES; c++)); do
         LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
@@ -519,25 +519,25 @@ declare -A TITLE=(
     done
     if wants e; then
         echo
-        echo "(e) $CLIENTS clients connect and stay idle, then each sends one search (all sent, then all read), then all leave; $CYCLES cycles"
+        echo "(e) $CLIENTS clients connect and stay idle, then each sends one search (all sent, then all read), then all"
+        echo "    leave; $CYCLES cycles. RSS of the relay (389's own for the direct row): before, with the clients connected"
+        echo "    and idle, after their searches, after they left. CPU = the relay's per client over the whole cycle."
         if (( CLIENTS < ${BENCH_CLIENTS:-10000} )); then
             echo "    ($CLIENTS, not ${BENCH_CLIENTS:-10000}: a relay holds two descriptors per client and the hard limit here is $NOFILE)"
         fi
-        printf '| %-16s | %13s | %10s | %11s | %10s | %-32s | %-32s |\n' target "searches/s" "CPU/client" "RSS idle" "at $CLIENTS" "after the searches (cycle 1/2/3)" "after they left (cycle 1/2/3)"
-        printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ --------------- ------------ ------------- ------------ ---------------------------------- ----------------------------------
+        printf '| %-17s | %5s | %10s | %5s | %10s | %10s | %10s | %10s | %10s |\n' target cycle "searches/s" ratio "CPU/client" "RSS before" "connected" "searched" "left"
+        printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------- ------- ------------ ------- ------------ ------------ ------------ ------------ ------------
         for t in "${E_TARGETS[@]}"; do
-            rates='' cpus='' act='' aft=''
+            name=${LABEL[a:$t]}; [[ $t == direct ]] && name="389 direct (389)"
             for ((c = 1; c <= CYCLES; c++)); do
                 h=${EHOLD[$t,$c]:-}
-                rates+="$(field rate "$h") "; cpus+="${ECPU[$t,$c]:-} "
-                act+="$(awk -v k="$(field rss_active_kb "$h")" 'BEGIN { printf "%.0f", k / 1024 }')/"
-                aft+="$(awk -v k="$(field rss_after_kb "$h")" 'BEGIN { printf "%.0f", k / 1024 }')/"
+                printf '| %-17s | %5s | %10s | %5s | %10s | %10s | %10s | %10s | %10s |\n' "$name" "$c" \
+                    "$(field rate "$h")" \
+                    "$(awk -v a="$(field rate "$h")" -v b="$(field rate "${EHOLD[direct,$c]:-}")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" \
+                    "$(fmt_us "${ECPU[$t,$c]:-}")" "$(fmt_mib "$(field rss_before_kb "$h")")" "$(fmt_mib "$(field rss_idle_kb "$h")")" \
+                    "$(fmt_mib "$(field rss_active_kb "$h")")" "$(fmt_mib "$(field rss_after_kb "$h")")"
+                name=''
             done
-            name=${LABEL[a:$t]}; [[ $t == direct ]] && name="389 direct (389)"
-            printf '| %-16s | %13s | %10s | %11s | %10s | %-32s | %-32s |\n' "$name" \
-                "$(median <<<"$rates")" "$(fmt_us "$(median <<<"$cpus")")" \
-                "$(fmt_mib "$(field rss_before_kb "${EHOLD[$t,1]:-}")")" "$(fmt_mib "$(field rss_idle_kb "${EHOLD[$t,1]:-}")")" \
-                "${act%/} MiB" "${aft%/} MiB"
         done
     fi
     echo

@@ -96,13 +96,15 @@ trap 'say "interrupted"; exit 130' INT TERM
 # once (bash runs traps only between foreground commands).
 bg_wait() { "$@" & JOB_PID=$!; local rc=0; wait "$JOB_PID" || rc=$?; JOB_PID=''; return "$rc"; }
 
+# A port below the ephemeral range (32768-60999 by default: the thousands of connections
+# the relays open must not take our listening ports) that no socket uses, TIME_WAIT included.
 USED_PORTS=' '
 free_port() {
     local p
     for _ in $(seq 500); do
-        p=$((20000 + RANDOM % 20000))
+        p=$((20000 + RANDOM % 12000))
         [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return; fi
+        if [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]]; then USED_PORTS+="$p "; echo "$p"; return; fi
     done
     die "no free port"
 }

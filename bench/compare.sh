@@ -96,13 +96,15 @@ trap 'say "interrupted"; exit 130' INT TERM
 # once (bash runs traps only between foreground commands).
 bg_wait() { "$@" & JOB_PID=$!; local rc=0; wait "$JOB_PID" || rc=$?; JOB_PID=''; return "$rc"; }
 
-# A port below the ephemeral range (32768-60999 by default: the thousands of connections
-# the relays open must not take our listening ports) that no socket uses, TIME_WAIT included.
+# A port outside the ephemeral range (the thousands of connections the relays open must
+# not take our listening ports) that no socket uses, TIME_WAIT included.
+read -r EPHEMERAL_LOW EPHEMERAL_HIGH < /proc/sys/net/ipv4/ip_local_port_range
 USED_PORTS=' '
 free_port() {
     local p
     for _ in $(seq 500); do
-        p=$((20000 + RANDOM % 12000))
+        if (( EPHEMERAL_LOW > 11024 )); then p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)));
+        else p=$((EPHEMERAL_HIGH + 1 + RANDOM % (65535 - EPHEMERAL_HIGH))); fi
         [[ $USED_PORTS == *" $p "* ]] && continue
         if [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]]; then USED_PORTS+="$p "; echo "$p"; return; fi
     done

@@ -7,13 +7,14 @@
 //! connection, opened at accept time (before the client's first request is read), and
 //! two pumps: each reads into a buffer, finds the complete BER frames (LDAPMessage
 //! SEQUENCEs) at its front and writes all of them with one write. Nothing is decoded
-//! beyond the frame headers. When one side ends, the other side's write half is shut
-//! down. Not part of the proxy: a measuring stick only.
+//! beyond the frame headers. A buffer exists only while bytes are in flight (an idle
+//! session holds none). When one side ends, the other side's write half is shut down.
+//! Not part of the proxy: a measuring stick only.
 
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -50,9 +51,27 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
 }
 
 /// Copies whole frames from `from` to `to` until either side ends, then shuts `to` down.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
-    let mut buf = BytesMut::with_capacity(BUFFER);
+/// A buffer is held only while bytes are in flight: an idle session keeps none.
+async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf) {
+    let mut buf = BytesMut::new();
     'relay: loop {
+        if from.readable().await.is_err() {
+            break;
+        }
+        if buf.capacity() - buf.len() < BUFFER / 4 {
+            buf.reserve(BUFFER);
+        }
+        match from.try_read_buf(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+                continue;
+            }
+            Err(_) => break,
+        }
         let mut end = 0;
         loop {
             match frame_len(&buf[end..]) {
@@ -66,14 +85,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
             if to.write_all(&buf[..end]).await.is_err() {
                 break;
             }
-            buf.advance(end);
-        }
-        if buf.capacity() - buf.len() < BUFFER / 4 {
-            buf.reserve(BUFFER);
-        }
-        match from.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            if end == buf.len() {
+                buf = BytesMut::new();
+            } else {
+                buf.advance(end);
+            }
         }
     }
     let _ = to.shutdown().await;

@@ -44,7 +44,10 @@ done
 wants() { [[ $WORKLOADS == *" $1 "* ]]; }
 
 T0=$(date +%s)
-say() { printf '[%4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
+# Progress goes to the script's stderr as it was at the start, also from a trap that runs
+# while a command's output is redirected to a file.
+exec {LOG_FD}>&2
+say() { printf '[%4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&"$LOG_FD"; }
 die() { say "error: $*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (389 DS instances are system-wide, packages are installed)"
 
@@ -71,8 +74,9 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    exec >&"$LOG_FD" 2>&"$LOG_FD"
     (( rc == 0 )) || say "cleaning up after failure (exit $rc)"
-    [[ -z $JOB_PID ]] || kill -KILL "$JOB_PID" 2>/dev/null
+    if [[ -n $JOB_PID ]]; then pkill -KILL -P "$JOB_PID" 2>/dev/null; kill -KILL "$JOB_PID" 2>/dev/null; fi
     local p
     for p in "${PIDS[@]}"; do stop_pid "$p" 3; done
     local name
@@ -373,8 +377,18 @@ declare -A LDCLT_ARGS=(
 )
 client_workload() { case $1 in a) echo base ;; b) echo subtree ;; c) echo connop ;; d) echo login ;; esac; }
 
+# Every process the bench started is still there (else its log says why).
+check_alive() {
+    local p
+    for p in haproxy floor proxy proxy2r proxyd; do
+        kill -0 "${PID[$p]}" 2>/dev/null || die "$p (pid ${PID[$p]}) has exited: see $WORK/$p.log"
+    done
+    "$DS_SH" status "$NAME_A" > /dev/null && "$DS_SH" status "$NAME_B" > /dev/null || die "an ns-slapd has exited"
+}
+
 point() {  # point W T R: one load point and its latency probe
     local w=$1 t=$2 r=$3 port rpid dpid out r0 d0 total ok=1 line
+    check_alive
     port=$(port_of "$w" "$t"); rpid=$(relay_pid "$w" "$t"); dpid=$(ds_pid "$w" "$t")
     out="$WORK/load-$w-$t-$r.out"
     r0=$(ticks "$rpid"); d0=$(ticks "$dpid")
@@ -388,12 +402,13 @@ point() {  # point W T R: one load point and its latency probe
     else
         local args
         IFS='|' read -r -a args <<<"${LDCLT_ARGS[$w]}"
-        bg_wait timeout $((MEASURE + 60)) ldclt -h 127.0.0.1 -p "$port" -n "$THREADS" -N $((MEASURE / 10)) \
+        bg_wait timeout --foreground $((MEASURE + 60)) ldclt -h 127.0.0.1 -p "$port" -n "$THREADS" -N $((MEASURE / 10)) \
             "${args[@]}" > "$out" 2>&1 || ok=0
         total=$(sed -n 's/.*Global average rate:.*total: *\([0-9]*\).*/\1/p' "$out" | tail -n1)
         grep -q 'Global no error occurs' "$out" || ok=0
     fi
     total=${total:-0}
+    check_alive
     RATE[$w,$t,$r]=$(awk -v n="$total" -v s="$MEASURE" 'BEGIN { printf "%.0f", n / s }')
     RCPU[$w,$t,$r]=''
     [[ -z $rpid ]] || RCPU[$w,$t,$r]=$(us_per_op $(( $(ticks "$rpid") - r0 )) "$total")
@@ -451,6 +466,7 @@ if wants e; then
         LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
         say "(e) cycle $c/$CYCLES: $CLIENTS clients (load average ${LOADS[-1]})"
         for t in $(rotate $((c - 1)) "${E_TARGETS[@]}"); do
+            check_alive
             rpid=$(relay_pid e "$t"); [[ -n $rpid ]] || rpid=$DS_PID_A
             r0=$(ticks "$rpid")
             bg_wait "$CLIENT" hold --addr "127.0.0.1:$(port_of e "$t")" --conns "$CLIENTS" --pid "$rpid" \

@@ -506,7 +506,7 @@ declare -A TITLE=(
     [a]="(a) base search, persistent connections (ldclt, $THREADS threads)"
     [b]="(b) subtree search, 112 entries (ldclt, $THREADS threads)"
     [c]="(c) connect + bind + search + unbind per operation (ldclt, $THREADS threads)"
-    [d]="(d) web-app login: service bind, user search, user bind through PAM, group search, unbind ($THREADS threads; ratio to 389 + its PAM plugin)"
+    [d]="(d) web-app login, ops = logins: service bind, user search, user bind through PAM, group search, unbind ($THREADS threads; ratio to 389 + its PAM plugin)"
 )
 {
     echo

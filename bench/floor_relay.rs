@@ -42,7 +42,12 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
         if buf.len() < 2 + k {
             return Ok(None);
         }
-        (buf[2..2 + k].iter().fold(0usize, |n, b| n << 8 | *b as usize), 2 + k)
+        (
+            buf[2..2 + k]
+                .iter()
+                .fold(0usize, |n, b| n << 8 | *b as usize),
+            2 + k,
+        )
     };
     if len > MAX_FRAME {
         return Err(());
@@ -126,7 +131,11 @@ async fn serve(listener: TcpListener, backend: SocketAddr) {
 
 /// A listening socket with a backlog for bursts of connections (tokio's bind uses 128).
 fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)

@@ -72,7 +72,14 @@ fn message(id: u32, op: &[u8]) -> Vec<u8> {
 }
 
 fn bind(id: u32, dn: &str, password: &str) -> Vec<u8> {
-    let op = tlv(0x60, &cat(&[&int(0x02, 3), &tlv(0x04, dn.as_bytes()), &tlv(0x80, password.as_bytes())]));
+    let op = tlv(
+        0x60,
+        &cat(&[
+            &int(0x02, 3),
+            &tlv(0x04, dn.as_bytes()),
+            &tlv(0x80, password.as_bytes()),
+        ]),
+    );
     message(id, &op)
 }
 
@@ -99,7 +106,10 @@ fn unbind(id: u32) -> Vec<u8> {
 }
 
 fn equality(attr: &str, value: &str) -> Vec<u8> {
-    tlv(0xa3, &cat(&[&tlv(0x04, attr.as_bytes()), &tlv(0x04, value.as_bytes())]))
+    tlv(
+        0xa3,
+        &cat(&[&tlv(0x04, attr.as_bytes()), &tlv(0x04, value.as_bytes())]),
+    )
 }
 
 fn present(attr: &str) -> Vec<u8> {
@@ -107,7 +117,13 @@ fn present(attr: &str) -> Vec<u8> {
 }
 
 fn initial_substring(attr: &str, initial: &str) -> Vec<u8> {
-    tlv(0xa4, &cat(&[&tlv(0x04, attr.as_bytes()), &tlv(0x30, &tlv(0x80, initial.as_bytes()))]))
+    tlv(
+        0xa4,
+        &cat(&[
+            &tlv(0x04, attr.as_bytes()),
+            &tlv(0x30, &tlv(0x80, initial.as_bytes())),
+        ]),
+    )
 }
 
 // ---------------------------------------------------------------- BER reading
@@ -125,7 +141,12 @@ fn tlv_at(buf: &[u8]) -> Option<(u8, usize, usize)> {
         if k == 0 || k > 4 || buf.len() < 2 + k {
             return None;
         }
-        (buf[2..2 + k].iter().fold(0usize, |n, b| n << 8 | *b as usize), 2 + k)
+        (
+            buf[2..2 + k]
+                .iter()
+                .fold(0usize, |n, b| n << 8 | *b as usize),
+            2 + k,
+        )
     };
     (buf.len() >= header + len).then_some((buf[0], header, header + len))
 }
@@ -144,7 +165,9 @@ impl Response {
     /// resultCode of an LDAPResult-shaped response (BindResponse, SearchResultDone, ...).
     fn code(&self) -> io::Result<u32> {
         match tlv_at(&self.value) {
-            Some((0x0a, s, e)) => Ok(self.value[s..e].iter().fold(0u32, |n, b| n << 8 | *b as u32)),
+            Some((0x0a, s, e)) => Ok(self.value[s..e]
+                .iter()
+                .fold(0u32, |n, b| n << 8 | *b as u32)),
             _ => Err(bad("response without a resultCode")),
         }
     }
@@ -172,7 +195,13 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
-        Ok(Conn { stream, buf: vec![0; 16 * 1024], start: 0, end: 0, next_id: 1 })
+        Ok(Conn {
+            stream,
+            buf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+            next_id: 1,
+        })
     }
 
     fn id(&mut self) -> u32 {
@@ -192,7 +221,10 @@ impl Conn {
                 self.start += e;
                 let (_, _, id_end) = tlv_at(msg).ok_or_else(|| bad("no messageID"))?;
                 let (op, os, oe) = tlv_at(&msg[id_end..]).ok_or_else(|| bad("no protocolOp"))?;
-                return Ok(Response { op, value: msg[id_end + os..id_end + oe].to_vec() });
+                return Ok(Response {
+                    op,
+                    value: msg[id_end + os..id_end + oe].to_vec(),
+                });
             }
             if self.end - self.start >= 2 && self.buf[self.start] != 0x30 {
                 return Err(bad("not an LDAPMessage"));
@@ -206,7 +238,10 @@ impl Conn {
             }
             let n = self.stream.read(&mut self.buf[self.end..])?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
             }
             self.end += n;
         }
@@ -222,7 +257,13 @@ impl Conn {
         }
     }
 
-    fn send_search(&mut self, base: &str, scope: u32, filter: &[u8], attrs: &[&str]) -> io::Result<()> {
+    fn send_search(
+        &mut self,
+        base: &str,
+        scope: u32,
+        filter: &[u8],
+        attrs: &[&str],
+    ) -> io::Result<()> {
         let id = self.id();
         self.send(&search(id, base, scope, filter, attrs))
     }
@@ -251,7 +292,13 @@ impl Conn {
         }
     }
 
-    fn search(&mut self, base: &str, scope: u32, filter: &[u8], attrs: &[&str]) -> io::Result<(usize, Option<String>)> {
+    fn search(
+        &mut self,
+        base: &str,
+        scope: u32,
+        filter: &[u8],
+        attrs: &[&str],
+    ) -> io::Result<(usize, Option<String>)> {
         self.send_search(base, scope, filter, attrs)?;
         self.search_result()
     }
@@ -318,14 +365,20 @@ fn operation(s: &Settings, conn: &mut Option<Conn>, uid: &str) -> io::Result<usi
         Workload::ConnOp => {
             let mut c = Conn::open(s.addr)?;
             c.bind(&user_dn(uid), &format!("{uid}-dirpw"))?;
-            expect_one(c.search(PEOPLE, 2, &equality("uid", uid), &[])?, "user search")?;
+            expect_one(
+                c.search(PEOPLE, 2, &equality("uid", uid), &[])?,
+                "user search",
+            )?;
             c.unbind_close()?;
             Ok(1)
         }
         Workload::Login => {
             let mut c = Conn::open(s.addr)?;
             c.bind(SERVICE_DN, SERVICE_PW)?;
-            let dn = expect_one(c.search(PEOPLE, 2, &equality("uid", uid), &["1.1"])?, "user search")?;
+            let dn = expect_one(
+                c.search(PEOPLE, 2, &equality("uid", uid), &["1.1"])?,
+                "user search",
+            )?;
             c.bind(&dn, &format!("{uid}{}", s.user_pw_suffix))?;
             let (groups, _) = c.search(GROUPS, 2, &equality("member", &dn), &["cn"])?;
             if groups == 0 {
@@ -344,8 +397,17 @@ struct ThreadResult {
     first_error: Option<String>,
 }
 
-fn run_thread(s: &Settings, thread: u32, threads: u32, start: &Barrier, seconds: f64) -> ThreadResult {
-    let mut rng = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+fn run_thread(
+    s: &Settings,
+    thread: u32,
+    threads: u32,
+    start: &Barrier,
+    seconds: f64,
+) -> ThreadResult {
+    let mut rng = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
         ^ (u64::from(thread) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut next = move || {
         rng ^= rng << 13;
@@ -355,7 +417,12 @@ fn run_thread(s: &Settings, thread: u32, threads: u32, start: &Barrier, seconds:
     };
     let per_thread = (s.users / threads).max(1);
     let mut conn = None;
-    let mut r = ThreadResult { latencies_us: Vec::new(), entries: 0, errors: 0, first_error: None };
+    let mut r = ThreadResult {
+        latencies_us: Vec::new(),
+        entries: 0,
+        errors: 0,
+        first_error: None,
+    };
     if matches!(s.workload, Workload::Base | Workload::Subtree) {
         match Conn::open(s.addr) {
             Ok(c) => conn = Some(c),
@@ -370,7 +437,8 @@ fn run_thread(s: &Settings, thread: u32, threads: u32, start: &Barrier, seconds:
         let t = Instant::now();
         match operation(s, &mut conn, &uid) {
             Ok(entries) => {
-                r.latencies_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                r.latencies_us
+                    .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 r.entries += entries as u64;
             }
             Err(e) => {
@@ -402,7 +470,10 @@ fn cmd_ops(opts: &HashMap<String, String>) -> Result<(), String> {
         addr: addr(opts)?,
         workload,
         users: num(opts, "users", 1000)?,
-        user_pw_suffix: opts.get("user-pw-suffix").cloned().unwrap_or_else(|| "-pampw".into()),
+        user_pw_suffix: opts
+            .get("user-pw-suffix")
+            .cloned()
+            .unwrap_or_else(|| "-pampw".into()),
     });
     if threads == 0 || settings.users < threads {
         return Err("need 1 <= threads <= users".into());
@@ -416,12 +487,24 @@ fn cmd_ops(opts: &HashMap<String, String>) -> Result<(), String> {
         .collect();
     start.wait();
     let t0 = Instant::now();
-    let results: Vec<ThreadResult> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let results: Vec<ThreadResult> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
     let elapsed = t0.elapsed().as_secs_f64();
-    let mut lat: Vec<u32> = results.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+    let mut lat: Vec<u32> = results
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
     lat.sort_unstable();
     let ops = lat.len();
-    let pct = |p: f64| if ops == 0 { 0 } else { lat[((ops as f64 * p) as usize).min(ops - 1)] };
+    let pct = |p: f64| {
+        if ops == 0 {
+            0
+        } else {
+            lat[((ops as f64 * p) as usize).min(ops - 1)]
+        }
+    };
     let entries: u64 = results.iter().map(|r| r.entries).sum();
     let errors: u64 = results.iter().map(|r| r.errors).sum();
     print!(
@@ -452,7 +535,9 @@ fn status_kb(pid: u32, key: &str) -> u64 {
 }
 
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Waits until PID's descriptor count satisfies `done` and then stays put for 0.5 s
@@ -505,13 +590,18 @@ fn cmd_hold(opts: &HashMap<String, String>) -> Result<(), String> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let connected: usize = groups.iter().map(Vec::len).sum();
     let connect_s = t0.elapsed().as_secs_f64();
     // The server has taken them once its descriptor count has grown by about one per
     // client (two for a relay that connects to its backend at accept time) and stays put.
-    let fds_held = settle(pid, Duration::from_secs(60), |n| n + 16 >= fds_before + connected);
+    let fds_held = settle(pid, Duration::from_secs(60), |n| {
+        n + 16 >= fds_before + connected
+    });
     let rss_idle = status_kb(pid, "VmRSS:");
 
     // One search on each: all sent first, then all answers read.
@@ -526,7 +616,9 @@ fn cmd_hold(opts: &HashMap<String, String>) -> Result<(), String> {
                     let mut ok = vec![true; mine.len()];
                     for (i, c) in mine.iter_mut().enumerate() {
                         let uid = format!("bench{:04}", (i * threads + t) % 1000 + 1);
-                        if c.send_search(PEOPLE, 2, &equality("uid", &uid), &[]).is_err() {
+                        if c.send_search(PEOPLE, 2, &equality("uid", &uid), &[])
+                            .is_err()
+                        {
                             ok[i] = false;
                         }
                     }
@@ -539,7 +631,10 @@ fn cmd_hold(opts: &HashMap<String, String>) -> Result<(), String> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let search_s = t1.elapsed().as_secs_f64();
     let errors: usize = results.iter().map(|(_, e)| e).sum();
@@ -571,10 +666,16 @@ fn cmd_hold(opts: &HashMap<String, String>) -> Result<(), String> {
 // ---------------------------------------------------------------- command line
 
 fn opt(opts: &HashMap<String, String>, key: &str) -> Result<String, String> {
-    opts.get(key).cloned().ok_or_else(|| format!("--{key} is required"))
+    opts.get(key)
+        .cloned()
+        .ok_or_else(|| format!("--{key} is required"))
 }
 
-fn num<T: std::str::FromStr>(opts: &HashMap<String, String>, key: &str, default: T) -> Result<T, String> {
+fn num<T: std::str::FromStr>(
+    opts: &HashMap<String, String>,
+    key: &str,
+    default: T,
+) -> Result<T, String> {
     match opts.get(key) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| format!("--{key}: not a number: {v}")),
@@ -583,12 +684,16 @@ fn num<T: std::str::FromStr>(opts: &HashMap<String, String>, key: &str, default:
 
 fn addr(opts: &HashMap<String, String>) -> Result<SocketAddr, String> {
     let a = opt(opts, "addr")?;
-    a.to_socket_addrs().ok().and_then(|mut i| i.next()).ok_or_else(|| format!("--addr: bad address {a}"))
+    a.to_socket_addrs()
+        .ok()
+        .and_then(|mut i| i.next())
+        .ok_or_else(|| format!("--addr: bad address {a}"))
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: ldap-client ops|hold --addr HOST:PORT [--key value ...] (see the source's header)";
+    let usage =
+        "usage: ldap-client ops|hold --addr HOST:PORT [--key value ...] (see the source's header)";
     let Some((cmd, rest)) = args.split_first() else {
         eprintln!("{usage}");
         std::process::exit(2);

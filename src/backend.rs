@@ -8,7 +8,10 @@ use crate::logsafe::Untrusted;
 use crate::tls::{self, Stream};
 use crate::{message, proto};
 use bytes::BytesMut;
-use ldap3_proto::proto::{LdapExtendedRequest, LdapMsg, LdapOp, LdapResultCode};
+use ldap3_proto::proto::{
+    LdapDerefAliases, LdapExtendedRequest, LdapFilter, LdapMsg, LdapOp, LdapResultCode,
+    LdapSearchRequest, LdapSearchScope,
+};
 use ldap3_proto::LdapCodec;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -110,6 +113,59 @@ impl Backends {
         }
     }
 
+    /// Asks every backend, one after the other, whether it answers LDAP (a root DSE
+    /// read, within `connect_timeout`), and remembers the answer for the next
+    /// connections: one that does not is tried last, one that does goes back to its
+    /// configured place. `links` keeps one connection per backend from one call to the
+    /// next (the health watcher's), so probing opens no connection while backends stay
+    /// up. Returns (URI, answered) in configured order.
+    pub async fn probe(&self, cfg: &BackendConfig, links: &mut ProbeLinks) -> Vec<(String, bool)> {
+        links.retain(|uri, _| cfg.uris.iter().any(|u| u.uri == *uri));
+        let mut probes = Vec::with_capacity(cfg.uris.len());
+        for uri in &cfg.uris {
+            let attempt =
+                tokio::time::timeout(cfg.connect_timeout, self.probe_one(cfg, uri, links)).await;
+            let result = attempt
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.connect_timeout)));
+            let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            match &result {
+                Ok(()) => {
+                    if failed.remove(&uri.uri).is_some() {
+                        tracing::info!(backend = %uri.uri, "backend answers again");
+                    }
+                }
+                Err(e) => {
+                    links.remove(&uri.uri);
+                    if failed.insert(uri.uri.clone(), Instant::now()).is_none() {
+                        tracing::warn!(backend = %uri.uri, "backend does not answer: {e}");
+                    }
+                }
+            }
+            probes.push((uri.uri.clone(), result.is_ok()));
+        }
+        probes
+    }
+
+    /// A root DSE read on the link kept for `uri`, or on a new one when there is none or
+    /// it failed (the backend restarted since).
+    async fn probe_one(
+        &self,
+        cfg: &BackendConfig,
+        uri: &BackendUri,
+        links: &mut ProbeLinks,
+    ) -> Result<(), String> {
+        if let Some(mut kept) = links.remove(&uri.uri) {
+            if read_root_dse(&mut kept).await.is_ok() {
+                links.insert(uri.uri.clone(), kept);
+                return Ok(());
+            }
+        }
+        let mut fresh = self.open(cfg, uri).await?;
+        read_root_dse(&mut fresh).await?;
+        links.insert(uri.uri.clone(), fresh);
+        Ok(())
+    }
+
     /// Makes the next backend connections read `backend.ca` again (SIGHUP).
     pub fn forget_tls_configs(&self) {
         self.tls
@@ -179,6 +235,43 @@ impl Backends {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(ca.to_owned(), Arc::clone(&config));
         Ok(config)
+    }
+}
+
+/// The connections the health watcher keeps to each backend (by URI) between probes.
+pub type ProbeLinks = HashMap<String, BackendStream>;
+
+/// Reads the root DSE (no attributes) on `stream`: whether the directory answers LDAP.
+async fn read_root_dse(stream: &mut BackendStream) -> Result<(), String> {
+    let request = proto::encode(LdapMsg::new(
+        1,
+        LdapOp::SearchRequest(LdapSearchRequest {
+            base: String::new(),
+            scope: LdapSearchScope::Base,
+            aliases: LdapDerefAliases::Never,
+            sizelimit: 0,
+            timelimit: 0,
+            typesonly: false,
+            filter: LdapFilter::Present("objectClass".into()),
+            attrs: vec!["1.1".into()],
+        }),
+    ));
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        let m = read_message(stream, &mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        match m.op {
+            LdapOp::SearchResultDone(r) if r.code == LdapResultCode::Success => return Ok(()),
+            LdapOp::SearchResultDone(r) => {
+                return Err(format!("root DSE read: {}", proto::code_text(&r.code)))
+            }
+            _ => {}
+        }
     }
 }
 

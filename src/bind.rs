@@ -22,6 +22,7 @@ use crate::proto::LdapError;
 use crate::secret::Password;
 use ldap3_proto::proto::LdapResultCode;
 use std::net::IpAddr;
+use tokio_util::sync::CancellationToken;
 
 /// Authorization Identity Request control (RFC 3829).
 pub const OID_AUTHZID_REQUEST: &str = "2.16.840.1.113730.3.4.16";
@@ -659,6 +660,32 @@ pub struct Trail {
     pub route: Option<String>,
     pub service: Option<String>,
     pub detail: Option<String>,
+}
+
+/// [`authenticate`], unless `cut` is cancelled first (the shutdown grace is ending): the
+/// bind then answers unavailable. Its PAM transaction runs on (libpam cannot be
+/// cancelled); nobody is bound by it.
+pub async fn authenticate_unless_cut<P: Submit>(
+    cut: &CancellationToken,
+    config: &Config,
+    lookup: &LookupPool,
+    gate: &PamGate<P>,
+    bind: SimpleBind,
+    client: IpAddr,
+    tls: bool,
+) -> (Outcome, Trail) {
+    tokio::select! {
+        decided = authenticate(config, lookup, gate, bind, client, tls) => decided,
+        () = cut.cancelled() => (
+            Outcome::Fail(
+                LdapError::new(LdapResultCode::Unavailable, "the proxy is shutting down").into(),
+            ),
+            Trail {
+                detail: Some("still deciding at the end of the shutdown grace".to_owned()),
+                ..Trail::default()
+            },
+        ),
+    }
 }
 
 /// Steps 1–10 for a bind [`first_look`] left to the proxy: resolve the entry, plan, PAM,

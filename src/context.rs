@@ -18,6 +18,7 @@ use crate::pam_pool::PamPool;
 use crate::tls::ServerTls;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+use tokio_util::sync::CancellationToken;
 
 /// What every session shares. `P` is the PAM pool behind the gate: [`PamPool`] in the
 /// proxy, a scripted one in tests.
@@ -36,6 +37,9 @@ pub struct Shared<P = PamPool> {
     /// Which backends failed lately and the backend TLS configurations: every backend
     /// connection of the process goes through it.
     pub backends: Arc<Backends>,
+    /// Cancelled when the shutdown grace is about to end: binds still waiting for PAM
+    /// answer unavailable, so their sessions can end in time.
+    pub grace_over: CancellationToken,
 }
 
 impl Shared {
@@ -78,6 +82,7 @@ impl<P: Submit> Shared<P> {
             tls,
             health: Arc::default(),
             backends,
+            grace_over: CancellationToken::new(),
         }
     }
 

@@ -4,7 +4,9 @@
 //! How a request flows through the modules (DESIGN §1):
 //!
 //! ```text
-//! client --TCP/TLS--> server: accept, connection limit, one task per client
+//! client --TCP/TLS--> server: accept, PROXY protocol header (proxy_protocol),
+//!                       |     connection slots (slots: cap, per address, idle go
+//!                       |     first), one task per client
 //!                       |     (context: the configuration in force, lookup pool,
 //!                       |      PAM gate, TLS, health, backend registry)
 //!                       v
@@ -60,7 +62,9 @@ pub mod pam_gate;
 pub mod pam_pool;
 pub mod pam_service;
 pub mod proto;
+pub mod proxy_protocol;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod slots;
 pub mod tls;

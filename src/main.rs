@@ -203,11 +203,12 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
         // Handlers go in before the proxy says it listens, so a signal sent from then on
         // is never the default action (SIGHUP would end the process).
         let signals = Signals::install().context("cannot install signal handlers")?;
-        let metrics_on = shared.config().metrics_listen.is_some();
         if let Some(addr) = shared.config().metrics_listen {
             start_metrics(addr, &shared).await?;
         }
-        tokio::spawn(watch_directory(Arc::clone(&shared), metrics_on));
+        // With or without metrics: it also keeps dead backends out of the way of new
+        // connections, and brings a restarted one back.
+        tokio::spawn(watch_directory(Arc::clone(&shared)));
         let shutdown = CancellationToken::new();
         let local = listeners
             .plain_addr()
@@ -244,19 +245,18 @@ async fn start_metrics(addr: SocketAddr, shared: &Arc<Shared>) -> anyhow::Result
     Ok(())
 }
 
-/// Every few seconds: with metrics served (`probe`), whether a backend accepts
-/// connections, for `/readyz` and the `ldap_pam_proxy_backend_up` gauge; and while the
-/// directory checks of the configuration in force have not passed, those checks again.
-async fn watch_directory(shared: Arc<Shared>, probe: bool) {
+/// Every few seconds: whether each backend answers (a root DSE read), for `/readyz`,
+/// the `ldap_pam_proxy_backend_up` gauges and the order new backend connections try
+/// them in; and while the directory checks of the configuration in force have not
+/// passed, those checks again.
+async fn watch_directory(shared: Arc<Shared>) {
+    let mut links = ldap_pam_proxy::backend::ProbeLinks::new();
     loop {
-        if probe {
-            let up = shared
-                .backends
-                .connect(&shared.config().backend)
-                .await
-                .is_ok();
-            shared.health.set_backend_up(up);
-        }
+        let probes = shared
+            .backends
+            .probe(&shared.config().backend, &mut links)
+            .await;
+        shared.health.set_backends(probes);
         if shared.health.directory_problem().is_some() {
             let config = shared.config();
             let id = config_id(&config);

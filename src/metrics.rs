@@ -1,6 +1,10 @@
 //! Metrics in Prometheus text format, and the health endpoints, on `[metrics] listen`:
-//! `/metrics`, `/healthz` (the process answers) and `/readyz` (a backend answers, the
-//! directory checks of the configuration in force have passed, and the PAM queue has room).
+//! `/metrics`, `/healthz` (the process answers) and `/readyz` (the proxy can serve: a
+//! backend answers, the directory checks of the configuration in force have passed, and
+//! it is not shutting down). Readiness never depends on what clients can fill: a full
+//! PAM queue, busy or stuck PAM workers, or many connections are reported in the body
+//! and the metrics, not as 503 — a flood of wrong-password binds must not take every
+//! proxy out of a balancer's rotation at once.
 //!
 //! Labels have bounded cardinality: route and service names from the configuration,
 //! result codes, operation types; never a DN or user name.
@@ -132,6 +136,23 @@ pub fn client_connection(delta: f64) {
     }
 }
 
+/// Counts one client connection for as long as it lives, however its session ends (a
+/// session the connection table closes is dropped, not run to its end).
+pub struct ClientConnection(());
+
+impl ClientConnection {
+    pub fn open() -> Self {
+        client_connection(1.0);
+        ClientConnection(())
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        client_connection(-1.0);
+    }
+}
+
 /// Counts one backend connection of a client session for as long as it lives.
 pub struct BackendConnection(());
 
@@ -153,16 +174,60 @@ pub fn backend_connect_failed() {
     counter!("ldap_pam_proxy_backend_connect_failures_total").increment(1);
 }
 
+/// The connection table ([`crate::slots`]): connections counted against the cap, and
+/// those asked to leave that have not closed yet.
+pub fn connection_slots(open: usize, leaving: usize) {
+    gauge!("ldap_pam_proxy_connection_slots", "state" => "open").set(open as f64);
+    gauge!("ldap_pam_proxy_connection_slots", "state" => "leaving").set(leaving as f64);
+}
+
+/// Exports the connection counters at zero, so that a rate or an alert on them works
+/// before the first refusal.
+pub fn connection_counters_at_zero() {
+    for reason in ["max_connections", "per_address", "proxy_header"] {
+        counter!("ldap_pam_proxy_connections_refused_total", "reason" => reason).increment(0);
+    }
+    counter!("ldap_pam_proxy_connections_evicted_total").increment(0);
+    counter!("ldap_pam_proxy_connections_forced_total").increment(0);
+    connection_slots(0, 0);
+}
+
+/// A client connection refused (`reason`: max_connections, per_address, proxy_header).
+pub fn connection_refused(reason: &'static str) {
+    counter!("ldap_pam_proxy_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// An idle connection asked to leave because the connection table was nearly full.
+pub fn connection_evicted() {
+    counter!("ldap_pam_proxy_connections_evicted_total").increment(1);
+}
+
+/// A connection the proxy closed without waiting for its session: asked to leave and
+/// still there after the grace, with nothing in progress (typically a client that reads
+/// nothing).
+pub fn connection_forced() {
+    counter!("ldap_pam_proxy_connections_forced_total").increment(1);
+}
+
+/// A connection to the metrics endpoint refused: [`METRICS_MAX_CONNECTIONS`] were open.
+pub fn metrics_connection_refused() {
+    counter!("ldap_pam_proxy_metrics_connections_refused_total").increment(1);
+}
+
 /// A configuration reload (`result`: ok, refused).
 pub fn reload(result: &'static str) {
     counter!("ldap_pam_proxy_config_reloads_total", "result" => result).increment(1);
 }
 
-/// What `/readyz` and the backend gauge report.
+/// What `/readyz` and the backend gauges report.
 #[derive(Default)]
 pub struct Health {
     backend_up: AtomicBool,
+    /// Each backend's last probe: (URI, answered).
+    backends: Mutex<Vec<(String, bool)>>,
     directory: Mutex<DirectoryChecks>,
+    /// SIGTERM came: connections drain and new ones are not accepted.
+    draining: AtomicBool,
 }
 
 /// The directory checks ([`crate::dircheck`]) of one configuration.
@@ -184,6 +249,53 @@ impl Health {
     /// Whether a backend accepted the last connection attempt.
     pub fn backend_up(&self) -> bool {
         self.backend_up.load(Relaxed)
+    }
+
+    /// Records the probe of each backend (URI, answered), in configured order; the
+    /// proxy is up when one answered.
+    pub fn set_backends(&self, probes: Vec<(String, bool)>) {
+        for (uri, up) in &probes {
+            gauge!("ldap_pam_proxy_backend_server_up", "uri" => uri.clone()).set(if *up {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        self.set_backend_up(probes.iter().any(|(_, up)| *up));
+        *self.backends.lock().unwrap_or_else(PoisonError::into_inner) = probes;
+    }
+
+    /// The last probe of each backend.
+    pub fn backends(&self) -> Vec<(String, bool)> {
+        self.backends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The proxy stopped accepting connections (SIGTERM): not ready from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// Why the proxy cannot serve, one reason per line; empty when it can.
+    pub fn unready_reasons(&self) -> String {
+        // Every reason: the first may hide the next.
+        let mut reasons = String::new();
+        if self.draining() {
+            reasons.push_str("shutting down\n");
+        }
+        if !self.backend_up() {
+            reasons.push_str("no backend answers\n");
+        }
+        if let Some(problem) = self.directory_problem() {
+            reasons.push_str(&format!("directory checks have not passed: {problem}\n"));
+        }
+        reasons
     }
 
     /// Puts in force the directory checks' outcome for the configuration identified by
@@ -231,6 +343,13 @@ fn pool_gauges(s: &PoolStats) {
     gauge!("ldap_pam_proxy_pam_queue_capacity").set(s.queue_capacity as f64);
 }
 
+/// Most connections the metrics endpoint serves at once; more are closed at once and
+/// counted. Scrapers and balancer checks need a few; each gets [`METRICS_READ_TIMEOUT`]
+/// to send its request and [`METRICS_ANSWER_TIMEOUT`] in all.
+pub const METRICS_MAX_CONNECTIONS: usize = 32;
+pub const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(2);
+pub const METRICS_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve(
     listener: TcpListener,
@@ -239,18 +358,25 @@ pub async fn serve(
     health: std::sync::Arc<Health>,
 ) {
     let stats = std::sync::Arc::new(stats);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            metrics_connection_refused();
+            drop(stream);
+            continue;
+        };
         let (handle, stats, health) = (handle.clone(), stats.clone(), health.clone());
         tokio::spawn(async move {
             let _ = tokio::time::timeout(
-                Duration::from_secs(10),
+                METRICS_ANSWER_TIMEOUT,
                 answer(stream, &handle, &*stats, &health),
             )
             .await;
+            drop(slot);
         });
     }
 }
@@ -262,10 +388,19 @@ async fn answer(
     health: &Health,
 ) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(1024);
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-        if stream.read_buf(&mut req).await? == 0 {
-            break;
+    let read = async {
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+            if stream.read_buf(&mut req).await? == 0 {
+                break;
+            }
         }
+        Ok::<(), std::io::Error>(())
+    };
+    if tokio::time::timeout(METRICS_READ_TIMEOUT, read)
+        .await
+        .is_err()
+    {
+        return Ok(());
     }
     let line = String::from_utf8_lossy(&req);
     let path = line.split_whitespace().nth(1).unwrap_or("/");
@@ -277,22 +412,25 @@ async fn answer(
         }
         "/healthz" => ("200 OK", "ok\n".to_owned()),
         "/readyz" => {
+            let reasons = health.unready_reasons();
+            let ready = reasons.is_empty();
+            let mut body = if ready { "ready\n".to_owned() } else { reasons };
+            // What clients can fill is said, never a reason to leave the rotation.
             let s = stats();
-            // Every reason, one per line: the first may hide the next.
-            let mut reasons = String::new();
-            if !health.backend_up() {
-                reasons.push_str("no backend answers\n");
+            body.push_str(&format!(
+                "pam: {} of {} workers busy ({} stuck), {} of {} queued\n",
+                s.busy, s.capacity, s.stuck, s.queued, s.queue_capacity
+            ));
+            for (uri, up) in health.backends() {
+                body.push_str(&format!(
+                    "backend {uri}: {}\n",
+                    if up { "answers" } else { "does not answer" }
+                ));
             }
-            if let Some(problem) = health.directory_problem() {
-                reasons.push_str(&format!("directory checks have not passed: {problem}\n"));
-            }
-            if s.queued >= s.queue_capacity {
-                reasons.push_str("PAM queue full\n");
-            }
-            if reasons.is_empty() {
-                ("200 OK", "ready\n".to_owned())
+            if ready {
+                ("200 OK", body)
             } else {
-                ("503 Service Unavailable", reasons)
+                ("503 Service Unavailable", body)
             }
         }
         _ => ("404 Not Found", "not found\n".to_owned()),

@@ -1,19 +1,23 @@
-//! The listeners: accept clients (plain LDAP, and LDAPS when configured), start a session
-//! for each, reload on SIGHUP, and shut down gracefully.
+//! The listeners: accept clients (plain LDAP, and LDAPS when configured), read the PROXY
+//! protocol header of trusted balancers, give each connection a slot ([`crate::slots`])
+//! and a session, reload on SIGHUP, and shut down gracefully.
 
 use crate::config::Config;
 use crate::context::{config_id, Shared};
 use crate::dircheck::{self, DirCheckError};
 use crate::proto::{self, LdapError};
 use crate::session::Session;
+use crate::slots::{Refused, Slot, Slots};
 use crate::tls::ServerTls;
-use crate::{bind, duo, metrics, tls};
+use crate::{bind, duo, metrics, proxy_protocol, tls};
 use ldap3_proto::proto::LdapResultCode;
+use socket2::SockRef;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,12 +63,27 @@ impl Listeners {
     }
 }
 
+/// The accept queue of each listener. A flood connects faster than any accept loop
+/// takes connections; with the usual 128, the kernel drops the handshakes of clients
+/// that arrive meanwhile, and they retry after 1, 3, 7 s. The kernel caps it at
+/// `net.core.somaxconn` (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listening sockets; separate from [`serve`] so startup errors surface before
 /// the process reports itself ready. Errors name the address.
 pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
     let listen = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        };
+        socket
+            .and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(addr)?;
+                s.listen(LISTEN_BACKLOG)
+            })
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
     };
     let plain = listen(config.listen.address).await?;
@@ -136,6 +155,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         changed.push("listen address");
     }
+    if old.limits.max_connections != new.limits.max_connections {
+        changed.push("limits.max_connections");
+    }
     if old.pam.workers != new.pam.workers || old.pam.queue != new.pam.queue {
         changed.push("pam.workers or pam.queue");
     }
@@ -151,12 +173,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
+/// How much of `limits.shutdown_grace` is left when binds still waiting for PAM are cut
+/// short (they answer unavailable): at most a second, and a tenth of the grace.
+fn cut_margin(grace: Duration) -> Duration {
+    (grace / 10).min(Duration::from_secs(1))
+}
+
 /// Accepts clients until `shutdown` is cancelled, then lets sessions finish their
-/// outstanding operations for up to the configured grace period.
+/// outstanding operations for up to the configured grace period: binds still waiting for
+/// PAM near its end answer unavailable, and at its end every connection still open is
+/// shut down.
 pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: CancellationToken) {
     let config = shared.config();
-    let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let slots = Slots::new(config.limits.max_connections);
+    metrics::connection_counters_at_zero();
     let sessions = TaskTracker::new();
+    let mut refusals = Throttle::default();
     let Listeners { plain, ldaps } = listeners;
     loop {
         let (stream, peer, over_tls) = tokio::select! {
@@ -176,53 +208,176 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing client: {} connections open", config.limits.max_connections);
-            if !over_tls {
-                sessions.spawn(refuse(stream));
-            }
-            // An LDAPS client would need a handshake to read the notice: just close.
-            continue;
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, "set_nodelay: {e}");
-        }
-        let session = if over_tls {
-            let Some(acceptor) = shared.tls.as_ref().map(ServerTls::acceptor) else {
-                // The configuration requires [tls] for an LDAPS listener.
+        let slot = match admit(&slots, &shutdown).await {
+            Ok(slot) => slot,
+            Err(why) => {
+                metrics::connection_refused(why.reason());
+                refusals.note(why.reason(), peer, why.message());
+                if !over_tls {
+                    sessions.spawn(refuse(stream, why.message()));
+                }
+                // An LDAPS client would need a handshake to read the notice: just close.
                 continue;
-            };
-            Session::new_ldaps(
-                stream,
-                &acceptor,
-                peer,
-                Arc::clone(&shared),
-                shutdown.clone(),
-            )
-        } else {
-            Session::new(stream, peer, Arc::clone(&shared), shutdown.clone())
+            }
         };
-        sessions.spawn(async move {
-            session.run().await;
-            drop(slot);
-        });
+        sessions.spawn(connection(
+            stream,
+            peer,
+            over_tls,
+            slot,
+            Arc::clone(&shared),
+            Arc::clone(&slots),
+        ));
     }
     drop(plain);
     drop(ldaps);
+    shared.health.set_draining();
     sessions.close();
-    let open = sessions.len();
+    let grace = config.limits.shutdown_grace;
     tracing::info!(
-        "shutting down: {open} client connections finishing, grace {:?}",
-        config.limits.shutdown_grace
+        "shutting down: {} client connections finishing, grace {grace:?}",
+        sessions.len()
     );
-    if tokio::time::timeout(config.limits.shutdown_grace, sessions.wait())
+    let margin = cut_margin(grace);
+    if tokio::time::timeout(grace - margin, sessions.wait())
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::warn!(
-            "grace period over: closing {} client connections",
-            sessions.len()
-        );
+        return;
+    }
+    // Binds still waiting for PAM answer unavailable now (their transactions run on:
+    // libpam cannot be cancelled), so their sessions can end within the grace.
+    shared.grace_over.cancel();
+    if tokio::time::timeout(margin, sessions.wait()).await.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        "grace period over: closing {} client connections",
+        sessions.len()
+    );
+    slots.force_all();
+    sessions.wait().await;
+}
+
+/// A slot for a new connection. When the table is full but connections asked to leave
+/// are still closing (a burst admits faster than their sessions get to run), waits a
+/// little for them before refusing: the accept queue holds the others meanwhile.
+async fn admit(slots: &Arc<Slots>, shutdown: &CancellationToken) -> Result<Slot, Refused> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        match slots.admit(shutdown) {
+            Err(Refused::Full) if slots.leaving() > 0 => {
+                if tokio::time::timeout_at(deadline, slots.released())
+                    .await
+                    .is_err()
+                {
+                    return Err(Refused::Full);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One client connection: its PROXY protocol header when its peer is a trusted balancer,
+/// its place in the table for its real address, then its session.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    over_tls: bool,
+    slot: Slot,
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+) {
+    let config = shared.config();
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "set_nodelay: {e}");
+    }
+    if let Some(t) = config.limits.send_timeout {
+        // The kernel ends a connection whose client takes nothing for this long: it
+        // stopped reading (its window stays shut), or its host is gone.
+        if let Err(e) = SockRef::from(&stream).set_tcp_user_timeout(Some(t)) {
+            tracing::debug!(%peer, "TCP_USER_TIMEOUT: {e}");
+        }
+    }
+    let client = if config
+        .listen
+        .proxy_protocol_from
+        .iter()
+        .any(|n| n.contains(peer.ip()))
+    {
+        let header = tokio::select! {
+            h = proxy_protocol::read_header(&mut stream) => h,
+            () = slot.stop.cancelled() => return,
+        };
+        match header {
+            Ok(proxy_protocol::Header::Proxied(client)) => client,
+            Ok(proxy_protocol::Header::Local) => peer,
+            Err(e) => {
+                metrics::connection_refused("proxy_header");
+                tracing::info!(%peer, "closing connection from a PROXY protocol peer: {e}");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    if let Err(why) = slots.attribute(
+        &slot,
+        client.ip(),
+        config.limits.max_connections_per_address,
+    ) {
+        metrics::connection_refused(why.reason());
+        tracing::debug!(client = %client, %peer, "refusing client: {}", why.message());
+        if !over_tls {
+            refuse(stream, why.message()).await;
+        }
+        return;
+    }
+    if client != peer {
+        tracing::debug!(client = %client, balancer = %peer, "PROXY protocol: relayed client");
+    }
+    let session = if over_tls {
+        let Some(acceptor) = shared.tls.as_ref().map(ServerTls::acceptor) else {
+            // The configuration requires [tls] for an LDAPS listener.
+            return;
+        };
+        Session::new_ldaps(
+            stream,
+            &acceptor,
+            client,
+            Arc::clone(&shared),
+            slot.stop.clone(),
+        )
+    } else {
+        Session::new(stream, client, Arc::clone(&shared), slot.stop.clone())
+    }
+    .reporting_to(Arc::clone(&slot.activity));
+    // A session the table must close is dropped: its connections close with it.
+    tokio::select! {
+        () = session.run() => {}
+        () = slot.watch() => {}
+    }
+}
+
+/// Logs refused connections without letting a flood flood the log: the first of each
+/// kind, then at most one line per [`Throttle::EVERY`] with the count since.
+#[derive(Default)]
+struct Throttle {
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, reason: &'static str, peer: SocketAddr, message: &str) {
+        let now = Instant::now();
+        let entry = self.last.entry(reason).or_insert((now - Self::EVERY, 0));
+        entry.1 += 1;
+        if now.duration_since(entry.0) >= Self::EVERY {
+            tracing::warn!(%peer, refused = entry.1, "refusing clients: {message}");
+            *entry = (now, 0);
+        }
     }
 }
 
@@ -237,15 +392,12 @@ async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStrea
 /// Typically EMFILE: back off instead of spinning.
 async fn accept_failed(e: &std::io::Error) {
     tracing::warn!("accept failed: {e}");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Tells a client over the connection limit why it is turned away.
-async fn refuse(mut stream: TcpStream) {
-    let notice = proto::notice_of_disconnection(&LdapError::new(
-        LdapResultCode::Busy,
-        "too many client connections",
-    ));
+/// Tells a client over a connection limit why it is turned away.
+async fn refuse(mut stream: TcpStream, why: &str) {
+    let notice = proto::notice_of_disconnection(&LdapError::new(LdapResultCode::Busy, why));
     let _ = stream.write_all(&notice).await;
     let _ = stream.shutdown().await;
 }

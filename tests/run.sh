@@ -15,8 +15,8 @@ scripts/install-deps.sh
 # systemd-analyze (Debian's systemd package; without systemd-sysv it does not become
 # the init system). Kept out of install-deps.sh because installing sssd adds pam_sss and
 # nss "sss" to the system's PAM and NSS configuration, which a demo machine should not
-# get as a side effect.
-test_packages=(sssd-ldap sssd-tools libpam-sss libnss-sss pamtester util-linux systemd)
+# get as a side effect. The balancer test runs a real HAProxy in front of two proxies.
+test_packages=(sssd-ldap sssd-tools libpam-sss libnss-sss pamtester util-linux systemd haproxy)
 missing=()
 for p in "${test_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
@@ -41,6 +41,10 @@ free_port() {
     echo "no free port found" >&2
     return 1
 }
+
+# The flood test opens a few thousand sockets in the test process and as many in the
+# proxy it starts (which inherits this limit).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 name="lpptest$$"
 state=$(mktemp -d /tmp/lpp-test.XXXXXX)

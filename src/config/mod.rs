@@ -12,7 +12,7 @@ use ldap3_proto::proto::LdapFilter;
 use locator::Locator;
 use raw::RawConfig;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +61,73 @@ pub struct ListenConfig {
     pub ldaps_address: Option<SocketAddr>,
     /// Refuse every operation but StartTLS on a connection without TLS.
     pub require_tls: bool,
+    /// Peers (balancers) whose connections on both listeners start with a PROXY protocol
+    /// header (v1 or v2) naming the real client; empty: none. A connection from one of
+    /// them without a header, or a header from anyone else, is closed.
+    pub proxy_protocol_from: Vec<Network>,
+}
+
+/// An IP network written `address` or `address/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Reads `10.0.0.5`, `10.0.0.0/24`, `2001:db8::/64`; the host bits must be zero.
+    pub fn parse(text: &str) -> Result<Network, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let address: IpAddr = addr.trim().parse().map_err(|_| {
+            format!("'{text}' is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)")
+        })?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("'{text}': the prefix length must be 0 to {bits}"))?,
+        };
+        let net = Network { address, prefix };
+        if !net.contains(address) || net.masked(address) != address {
+            return Err(format!("'{text}': address bits set past the prefix length"));
+        }
+        Ok(net)
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.address, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                self.masked(ip) == self.address
+            }
+            _ => false,
+        }
+    }
+
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
 }
 
 /// The proxy's server certificate, for LDAPS and StartTLS. Files are read when the
@@ -251,8 +318,15 @@ pub struct Limits {
     /// Largest LDAP message a client may send (389's nsslapd-maxbersize).
     pub max_message_size: usize,
     pub max_connections: usize,
+    /// Client connections one source address may hold at once (the real client's, behind
+    /// a PROXY protocol balancer).
+    pub max_connections_per_address: usize,
     /// Close a client connection with no operation in progress after this long; `None` never.
     pub idle_timeout: Option<Duration>,
+    /// A client that takes none of what the proxy sends it (it stopped reading, or its
+    /// host vanished) for this long is disconnected by the kernel (TCP_USER_TIMEOUT);
+    /// `None` never.
+    pub send_timeout: Option<Duration>,
     /// How long in-flight operations may run after SIGTERM before connections are cut.
     pub shutdown_grace: Duration,
     /// How long a client may take to finish sending a message it has begun (a client
@@ -270,6 +344,11 @@ pub struct RuntimeConfig {
     /// wakeups); more spreads sessions over a multi-threaded runtime.
     pub worker_threads: usize,
 }
+
+/// `limits.max_connections_per_address` by default: a sixteenth of the default table, so
+/// that one address cannot take it, and far above what one sssd or web application host
+/// opens.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 
 /// 389 DS's default nsslapd-maxbersize.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 2 * 1024 * 1024;
@@ -355,7 +434,10 @@ uris = ["ldap://127.0.0.1:3389"]
         assert_eq!(c.limits.max_message_size, 2 * 1024 * 1024);
         assert_eq!(c.backend.uris[0].port, 3389);
         assert_eq!(c.backend.connect_timeout, Duration::from_secs(5));
-        assert!(c.limits.idle_timeout.is_none());
+        assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(c.limits.send_timeout, Some(Duration::from_secs(15)));
+        assert_eq!(c.limits.max_connections_per_address, 256);
+        assert!(c.listen.proxy_protocol_from.is_empty());
         assert_eq!(c.runtime.worker_threads, 1);
         assert_eq!(c.log_level, "info");
     }
@@ -417,6 +499,35 @@ uris = ["ldap://127.0.0.1:3389"]
         );
         assert!(BackendUri::parse("ldap://h:99999").is_err());
         assert!(BackendUri::parse("ldap://h/dc=x").is_err());
+    }
+
+    #[test]
+    fn networks() {
+        let n = Network::parse("10.1.2.0/24").unwrap();
+        assert!(n.contains("10.1.2.77".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.77".parse().unwrap()));
+        assert!(!n.contains("10.1.3.1".parse().unwrap()));
+        assert!(!n.contains("::1".parse().unwrap()));
+        let one = Network::parse("127.0.0.1").unwrap();
+        assert_eq!(one.prefix, 32);
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(Network::parse("2001:db8::/64")
+            .unwrap()
+            .contains("2001:db8::5".parse().unwrap()));
+        assert!(Network::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("192.0.2.1".parse().unwrap()));
+        for bad in ["10.1.2.1/24", "10.0.0.0/33", "host", "10.0.0.0/", "::/129"] {
+            assert!(Network::parse(bad).is_err(), "{bad}");
+        }
+        let e = err(
+            "[listen]\naddress = \"127.0.0.1:1\"\nproxy_protocol_from = [\"10.0.0.1/8\"]\n[backend]\nuris = [\"ldap://x\"]\n",
+        );
+        assert!(
+            e.starts_with("t.toml:3: listen.proxy_protocol_from[0]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub(super) struct RawListen {
     pub address: Spanned<String>,
     pub ldaps_address: Option<Spanned<String>>,
     pub require_tls: Option<Spanned<bool>>,
+    pub proxy_protocol_from: Option<Vec<Spanned<String>>>,
 }
 
 /// `[tls]`.
@@ -128,7 +129,9 @@ pub(super) struct RawBackend {
 pub(super) struct RawLimits {
     pub max_message_size: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_address: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub max_outstanding: Option<Spanned<i64>>,

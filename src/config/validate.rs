@@ -10,8 +10,9 @@ use super::raw::{
 };
 use super::{
     BackendConfig, BackendUri, BindConfig, ConfigError, DuoConfigCheck, IdMap, Identity, Insecure,
-    Limits, ListenConfig, MissingSuffix, PamConfig, Route, RuntimeConfig, ServiceAccount,
-    TlsConfig, TlsVersion, Unmatched, DEFAULT_MAX_MESSAGE_SIZE,
+    Limits, ListenConfig, MissingSuffix, Network, PamConfig, Route, RuntimeConfig, ServiceAccount,
+    TlsConfig, TlsVersion, Unmatched, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
 use crate::dn::Dn;
 use crate::secret::Password;
@@ -46,10 +47,22 @@ pub(super) fn listen(
             ));
         }
     }
+    let proxy_protocol_from = raw
+        .proxy_protocol_from
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            Network::parse(n.get_ref())
+                .map_err(|m| at.error(n, format!("listen.proxy_protocol_from[{i}]: {m}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ListenConfig {
         address,
         ldaps_address,
         require_tls: raw.require_tls.as_ref().is_some_and(|r| *r.get_ref()),
+        proxy_protocol_from,
     })
 }
 
@@ -333,10 +346,27 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
     )?;
     let max_connections =
         at.positive(raw.max_connections.as_ref(), "limits.max_connections", 4096)?;
+    let max_connections_per_address = at.positive(
+        raw.max_connections_per_address.as_ref(),
+        "limits.max_connections_per_address",
+        DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    )?;
+    // Long enough for the connections sssd and web apps keep (sssd replaces its own after
+    // 15 min, ldap_connection_expire_timeout); a flood of idle connections is reclaimed
+    // sooner, when the table fills (crate::slots).
     let idle_timeout = at.duration(
         raw.idle_timeout.as_ref(),
         "limits.idle_timeout",
-        Duration::ZERO,
+        Duration::from_secs(15 * 60),
+    )?;
+    // A client that stops reading makes the proxy stop reading its backend connection,
+    // and 389 then holds worker threads writing to it (measured: 20 such connections
+    // straight at 389 held a base search for 18 s). This bounds how long; a client that
+    // reads, however slowly, never has its window shut this long.
+    let send_timeout = at.duration(
+        raw.send_timeout.as_ref(),
+        "limits.send_timeout",
+        Duration::from_secs(15),
     )?;
     let shutdown_grace = at.duration(
         raw.shutdown_grace.as_ref(),
@@ -353,7 +383,9 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
     Ok(Limits {
         max_message_size,
         max_connections,
+        max_connections_per_address,
         idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+        send_timeout: (!send_timeout.is_zero()).then_some(send_timeout),
         shutdown_grace,
         request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
         max_outstanding,

@@ -21,8 +21,8 @@ mod tests;
 use crate::backend::{BackendStream, Unreachable};
 use crate::bind::{self, Outcome, Trail};
 use crate::context::Shared;
-use crate::metrics;
 use crate::tls::{self, ClientStream, Stream};
+use crate::{metrics, slots};
 use bytes::{Buf, BufMut, BytesMut};
 use state::{Action, Decision, SessionState, READ_CHUNK};
 use std::future::{poll_fn, Future};
@@ -102,6 +102,8 @@ pub struct Session {
     /// The core's next deadline (idle, unfinished request), when one is armed.
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// Where the connection table reads whether this session is busy (crate::slots).
+    activity: Option<Arc<slots::Activity>>,
 }
 
 impl Session {
@@ -163,13 +165,23 @@ impl Session {
             shutdown: Box::pin(shutdown.cancelled_owned()),
             timer,
             armed,
+            activity: None,
         }
+    }
+
+    /// Reports after each event whether anything is in progress, so the connection table
+    /// asks idle connections, never busy ones, to leave when it fills.
+    pub fn reporting_to(mut self, activity: Arc<slots::Activity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Serves the client until it leaves, the backend goes away, or shutdown completes.
     pub async fn run(mut self) {
         tracing::debug!(peer = %self.peer, "client connected");
-        metrics::client_connection(1.0);
+        // Counted until the session ends or is dropped (the connection table closes a
+        // connection that overstays by dropping its session).
+        let _counted = metrics::ClientConnection::open();
         loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::ClientReadable => self.core.client_data(Instant::now()),
@@ -234,9 +246,11 @@ impl Session {
             }
             self.carry_out();
             self.rearm();
+            if let Some(a) = &self.activity {
+                a.report(self.core.busy());
+            }
         }
         self.core.finish();
-        metrics::client_connection(-1.0);
         tracing::debug!(peer = %self.peer, "client connection closed");
     }
 
@@ -269,8 +283,16 @@ impl Session {
                     let config = shared.config();
                     let client = self.peer.ip();
                     self.deciding = Some(Box::pin(async move {
-                        bind::authenticate(&config, &shared.lookup, &shared.pam, bind, client, tls)
-                            .await
+                        bind::authenticate_unless_cut(
+                            &shared.grace_over,
+                            &config,
+                            &shared.lookup,
+                            &shared.pam,
+                            bind,
+                            client,
+                            tls,
+                        )
+                        .await
                     }));
                 }
                 Action::RetireLink => {

@@ -414,8 +414,13 @@ fn a_request_left_unfinished_past_the_request_timeout_ends_the_connection() {
     assert_eq!(to_client(&mut c)[0].msgid, 0, "a Notice of Disconnection");
     assert!(c.closing());
 
-    // A request finished in time clears the deadline.
-    let mut c = core_with(config("[limits]\nrequest_timeout = \"10s\""), true, false);
+    // A request finished in time clears the deadline (no idle timeout here: it would be
+    // the next one).
+    let mut c = core_with(
+        config("[limits]\nrequest_timeout = \"10s\"\nidle_timeout = \"0s\""),
+        true,
+        false,
+    );
     c.client_in().extend_from_slice(&req[..5]);
     c.client_data(t0);
     c.client_in().extend_from_slice(&req[5..]);

@@ -9,6 +9,10 @@
 #   ds.sh restart NAME
 #   ds.sh status NAME       # exit 0 and print the pid when running, 1 when not
 #   ds.sh remove NAME       # stop, then dsctl NAME remove --do-it; fine if already gone
+#   ds.sh replicate STATEDIR_A STATEDIR_B
+#                           # two running instances made by create become suppliers of
+#                           # one multi-supplier topology (replica ids 1 and 2, one
+#                           # agreement each way); B is initialised from A
 #
 # create writes STATEDIR/ds.env (KEY='value' lines, shell-sourceable). See
 # tests/ds/README.md for the keys, the directory layout and measured timings.
@@ -472,6 +476,55 @@ EOF
     log "slapd-$name created in $(elapsed "$t0")s: $envf"
 }
 
+# Value of KEY in a ds.env file.
+env_value() {
+    sed -n "s/^$2='\(.*\)'\$/\1/p" "$1"
+}
+
+cmd_replicate() {
+    (( $# == 2 )) || usage
+    local a=$1/ds.env b=$2/ds.env
+    [[ -r $a && -r $b ]] || die "replicate: $a and $b must be ds.env files written by create"
+    need_cmd dsconf ldapsearch
+    local t0; t0=$(now)
+    local suffix; suffix=$(env_value "$a" DS_SUFFIX)
+    local repl_dn='cn=replication manager,cn=config'
+    local repl_pw; repl_pw=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+    local env id uri
+    dsc() { # ds.env, dsconf arguments...
+        local e=$1; shift
+        timeout 60 dsconf -D "$(env_value "$e" DS_ROOT_DN)" -w "$(env_value "$e" DS_ROOT_PW)" \
+            "$(env_value "$e" DS_URI)" "$@"
+    }
+    id=1
+    for env in "$a" "$b"; do
+        dsc "$env" replication enable --suffix "$suffix" --role supplier --replica-id "$id" \
+            --bind-dn "$repl_dn" --bind-passwd "$repl_pw" >/dev/null \
+            || die "replication enable failed on $(env_value "$env" DS_URI)"
+        id=$((id + 1))
+    done
+    agreement() { # from-env to-env name
+        dsc "$1" repl-agmt create --suffix "$suffix" --host 127.0.0.1 --port "$(env_value "$2" DS_PORT)" \
+            --conn-protocol LDAP --bind-dn "$repl_dn" --bind-passwd "$repl_pw" --bind-method SIMPLE "$3" >/dev/null \
+            || die "repl-agmt create $3 failed"
+    }
+    agreement "$a" "$b" a-to-b
+    agreement "$b" "$a" b-to-a
+    dsc "$a" repl-agmt init --suffix "$suffix" a-to-b >/dev/null || die "repl-agmt init failed"
+    local deadline=$(( $(now_ms) + READY_TIMEOUT * 1000 )) status
+    while :; do
+        status=$(dsc "$a" repl-agmt init-status --suffix "$suffix" a-to-b 2>&1 | tail -n1)
+        case $status in
+            *successfully*) break ;;
+            *[Ff]ail*|*[Ee]rror*) die "initialising $(env_value "$b" DS_URI) from $(env_value "$a" DS_URI): $status" ;;
+            *) ;; # "started", "in progress", "Unknown" (not reported yet)
+        esac
+        (( $(now_ms) < deadline )) || die "initialisation not done within ${READY_TIMEOUT}s: $status"
+        sleep 0.2
+    done
+    log "$(env_value "$a" DS_URI) and $(env_value "$b" DS_URI) replicate both ways (set up in $(elapsed "$t0")s)"
+}
+
 (( $# >= 1 )) || usage
 cmd=$1; shift
 case $cmd in
@@ -481,6 +534,7 @@ case $cmd in
     restart) (( $# == 1 )) || usage; cmd_stop "$1"; cmd_start "$1" ;;
     status) cmd_status "$@" ;;
     remove) cmd_remove "$@" ;;
+    replicate) cmd_replicate "$@" ;;
     -h|--help|help) usage ;;
     *) echo "$SELF: unknown command '$cmd'" >&2; usage ;;
 esac

@@ -59,5 +59,12 @@ tests/ds/ds.sh create "$name" "$(free_port)" "$state" --tls-port "$(free_port)"
 export LPP_DS_ENV="$state/ds.env"
 echo "389 DS instance $name ready in $(( $(date +%s) - start ))s"
 
-cargo test --all-targets "$@"
+set +e
+cargo test --all-targets "$@" 2>&1 | tee "$state/cargo-test.log"
+rc=${PIPESTATUS[0]}
+set -e
 echo "test suite finished in $(( $(date +%s) - start ))s"
+# One line for the whole suite, summed over every test binary's "test result" line.
+sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$state/cargo-test.log" \
+    | awk '{ p += $1; f += $2 } END { printf "suite: %d passed, %d failed\n", p, f }'
+exit "$rc"

@@ -392,6 +392,8 @@ impl Session {
         if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Tick);
         }
+        // Nothing to do until the next readiness: the session waits without buffers.
+        self.core.release_idle_buffers();
         Poll::Pending
     }
 

@@ -242,6 +242,23 @@ impl SessionState {
         &mut self.to_backend
     }
 
+    /// Gives back the memory of every empty buffer: an idle connection holds none (the
+    /// next read takes a chunk again), so RSS follows the traffic, not the number of
+    /// connections that once had some.
+    pub fn release_idle_buffers(&mut self) {
+        for buf in [
+            &mut self.from_client,
+            &mut self.to_client,
+            &mut self.local_pending,
+            &mut self.to_backend,
+            &mut self.from_backend,
+        ] {
+            if buf.is_empty() && buf.capacity() > 0 {
+                *buf = BytesMut::new();
+            }
+        }
+    }
+
     /// Whether the session may read more from the client: not while ending, upgrading,
     /// or while what it already read waits (backpressure). Relayed requests are bounded
     /// through the backend (its responses stop at HIGH_WATER); the second bound is for

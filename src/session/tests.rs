@@ -579,3 +579,21 @@ fn a_lost_backend_answers_waiting_requests_and_a_refused_connect_answers_52() {
     assert_eq!(to_client(&mut c)[0].msgid, 0);
     assert!(c.closing());
 }
+
+#[test]
+fn an_idle_session_gives_its_buffers_back() {
+    let mut c = connected();
+    send(&mut c, &search(2));
+    answer(&mut c, &[entry(2, ALICE, 100_000), done(2)].concat());
+    to_client(&mut c);
+    to_backend(&mut c);
+    c.release_idle_buffers();
+    assert_eq!(c.client_in().capacity(), 0);
+    assert_eq!(c.client_out().capacity(), 0);
+    assert_eq!(c.backend_in().capacity(), 0);
+    assert_eq!(c.backend_out().capacity(), 0);
+    // A buffer still holding bytes keeps them.
+    c.client_in().extend_from_slice(&search(3)[..4]);
+    c.release_idle_buffers();
+    assert_eq!(c.client_in().len(), 4);
+}

@@ -32,6 +32,11 @@ pub const HIGH_WATER_PERCENT: usize = 90;
 /// How long a connection asked to leave has before its socket is shut down.
 pub const EVICT_GRACE: Duration = Duration::from_secs(2);
 
+/// A connection that arrived, or had something in progress, this recently is not asked to
+/// leave: a client between connecting and its first request (or between two requests) is
+/// not idle, and a flood's idle connections are old by the time the table fills.
+const MIN_IDLE: Duration = Duration::from_secs(2);
+
 /// At most this many connections are asked to leave per new connection: enough to keep
 /// up with a flood, few enough that one admission stays cheap.
 const EVICT_BATCH: usize = 8;
@@ -216,10 +221,13 @@ impl Slots {
         if want == 0 {
             return;
         }
+        let recent = now_ms().saturating_sub(MIN_IDLE.as_millis() as u64);
         let mut idle: Vec<((bool, u64), u64)> = t
             .conns
             .iter()
-            .filter(|(_, c)| !c.evicted.is_cancelled() && !c.activity.busy())
+            .filter(|(_, c)| {
+                !c.evicted.is_cancelled() && !c.activity.busy() && c.activity.idleness().1 <= recent
+            })
             .map(|(id, c)| (c.activity.idleness(), *id))
             .collect();
         if idle.len() > want {

@@ -32,10 +32,11 @@ pub const HIGH_WATER_PERCENT: usize = 90;
 /// How long a connection asked to leave has before its socket is shut down.
 pub const EVICT_GRACE: Duration = Duration::from_secs(2);
 
-/// A connection that arrived, or had something in progress, this recently is not asked to
+/// A connection that arrived, or had something in progress, this recently (a client
+/// sends its first request within milliseconds) is not asked to
 /// leave: a client between connecting and its first request (or between two requests) is
 /// not idle, and a flood's idle connections are old by the time the table fills.
-const MIN_IDLE: Duration = Duration::from_secs(2);
+const MIN_IDLE: Duration = Duration::from_millis(500);
 
 /// At most this many connections are asked to leave per new connection: enough to keep
 /// up with a flood, few enough that one admission stays cheap.

@@ -36,7 +36,7 @@ pub const EVICT_GRACE: Duration = Duration::from_secs(2);
 /// sends its first request within milliseconds) is not asked to
 /// leave: a client between connecting and its first request (or between two requests) is
 /// not idle, and a flood's idle connections are old by the time the table fills.
-const MIN_IDLE: Duration = Duration::from_millis(500);
+const MIN_IDLE: Duration = Duration::from_secs(2);
 
 /// At most this many connections are asked to leave per new connection: enough to keep
 /// up with a flood, few enough that one admission stays cheap.

@@ -142,8 +142,8 @@ while IFS= read -r cmd; do
         "curl -s http://"*"/metrics | grep "*)
             [[ $rc == 0 ]] \
                 && grep -q '^ldap_pam_proxy_pam_workers{state="busy"} 0$' "$work/out" \
-                && grep -q '^ldap_pam_proxy_binds_total{route="duo",result="Success"} 3$' "$work/out" \
-                && grep -q '^ldap_pam_proxy_binds_total{route="csu",result="Success"} 1$' "$work/out" \
+                && grep -q '^ldap_pam_proxy_binds_total{route="duo",result="success"} 3$' "$work/out" \
+                && grep -q '^ldap_pam_proxy_binds_total{route="csu",result="success"} 1$' "$work/out" \
                 || why="exit $rc: the metrics do not show the binds above"
             ;;
         *)

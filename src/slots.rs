@@ -8,8 +8,8 @@
 //!   in use, each new connection asks the idlest connections with nothing in progress to
 //!   leave (the session drains: a Notice of Disconnection, unavailable, and a close):
 //!   first those that never had anything in progress (connected and sent nothing, or
-//!   only part of a message), oldest first, then the others by how long ago they last
-//!   had. A flood of connections that do nothing so never keeps a slot from a client that
+//!   only part of a message), oldest first, then the others that have had nothing for
+//!   [`MIN_IDLE`] at least, by how long ago they last had. A flood of connections that do nothing so never keeps a slot from a client that
 //!   comes to do something, a client between two operations goes after every one of
 //!   them, and a connection with a bind pending or a search running is never asked. One that has not
 //!   left [`EVICT_GRACE`] after it was asked, and still has nothing in progress (its
@@ -28,6 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Above this share of `max_connections` in use, idle connections are asked to leave.
 pub const HIGH_WATER_PERCENT: usize = 90;
+
+/// A connection that has had something in progress is idle, for the table, only once it
+/// has had nothing for this long: a client between two operations (its answer read, its
+/// next request on the way) is never taken for idle, however loaded the machine.
+pub const MIN_IDLE: Duration = Duration::from_secs(2);
 
 /// How long a connection asked to leave has before its socket is shut down.
 pub const EVICT_GRACE: Duration = Duration::from_secs(2);
@@ -113,6 +118,8 @@ impl Refused {
 pub struct Slots {
     max: usize,
     high_water: usize,
+    /// [`MIN_IDLE`] in milliseconds.
+    min_idle_ms: u64,
     table: Mutex<Table>,
     /// Cancelled at the end of the shutdown grace: every connection still open goes.
     force: CancellationToken,
@@ -155,10 +162,16 @@ pub struct Slot {
 impl Slots {
     /// A table of `max` connections; sessions' shutdowns are children of `shutdown`.
     pub fn new(max: usize) -> Arc<Slots> {
+        Slots::with_min_idle(max, MIN_IDLE)
+    }
+
+    /// As [`Slots::new`], with another [`MIN_IDLE`] (tests).
+    pub fn with_min_idle(max: usize, min_idle: Duration) -> Arc<Slots> {
         let high_water = (max * HIGH_WATER_PERCENT / 100).clamp(1, max.max(1));
         Arc::new(Slots {
             max,
             high_water,
+            min_idle_ms: u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX),
             table: Mutex::new(Table::default()),
             force: CancellationToken::new(),
             released: tokio::sync::Notify::new(),
@@ -216,11 +229,15 @@ impl Slots {
         if want == 0 {
             return;
         }
+        let now = now_ms();
         let mut idle: Vec<((bool, u64), u64)> = t
             .conns
             .iter()
             .filter(|(_, c)| !c.evicted.is_cancelled() && !c.activity.busy())
             .map(|(id, c)| (c.activity.idleness(), *id))
+            .filter(|((ever_busy, last), _)| {
+                !ever_busy || now.saturating_sub(*last) >= self.min_idle_ms
+            })
             .collect();
         if idle.len() > want {
             idle.select_nth_unstable(want - 1);
@@ -409,7 +426,7 @@ mod tests {
 
     #[test]
     fn the_idlest_connection_with_nothing_in_progress_leaves_first() {
-        let slots = Slots::new(10); // high water: 9
+        let slots = Slots::with_min_idle(10, Duration::ZERO); // high water: 9
         let stop = CancellationToken::new();
         let held: Vec<Slot> = (0..9).map(|_| slots.admit(&stop).unwrap()).collect();
         for s in &held {
@@ -436,6 +453,21 @@ mod tests {
         second.activity.report(false);
         let third = slots.admit(&stop).unwrap();
         assert!(second.evicted() && !held[6].evicted() && !third.evicted());
+    }
+
+    #[test]
+    fn a_client_between_two_operations_is_not_idle() {
+        let slots = Slots::new(2); // high water: 1
+        let stop = CancellationToken::new();
+        let worked = slots.admit(&stop).unwrap();
+        worked.activity.report(true);
+        worked.activity.report(false);
+        // Idle for less than MIN_IDLE: not asked to leave; the table is not full yet.
+        let newcomer = slots.admit(&stop).unwrap();
+        assert!(!worked.evicted());
+        // A connection that never did anything is, at once.
+        let third = slots.admit(&stop).unwrap();
+        assert!(newcomer.evicted() && !worked.evicted() && !third.evicted());
     }
 
     #[test]

@@ -178,7 +178,9 @@ pub fn rss_and_threads(pid: u32) -> Option<(u64, u64)> {
 pub fn timed(tally: &Mutex<Tally>, op: impl FnOnce() -> Result<(), String>) {
     let start = Instant::now();
     let result = op();
-    if std::env::var_os("LPP_TRACE_OPS").is_some() && start.elapsed() > Duration::from_millis(300) {
+    if std::env::var_os("LPP_TRACE_OPS").is_some()
+        && (start.elapsed() > Duration::from_millis(300) || result.is_err())
+    {
         eprintln!(
             "slow op at {:?} took {:?}: {result:?}",
             std::time::SystemTime::now()

@@ -434,7 +434,12 @@ secure = false
     );
     assert!(searches.ok > 0 && csu.ok > 0 && duo.ok > 0, "{summary}");
     assert!(refused("per_address") > 0.0, "{summary}");
-    assert!(evicted > 0.0, "the table never filled: {summary}");
+    // The table filled: idle connections were asked to leave, or (when none had been
+    // idle long enough) new ones were refused at the cap.
+    assert!(
+        evicted > 0.0 || refused("max_connections") > 0.0,
+        "the table never filled: {summary}"
+    );
     // Memory: see MEMORY_BOUND.
     assert!(rss < memory_bound(), "{summary}");
     // Nothing stays behind: every flood connection closes.

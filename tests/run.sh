@@ -32,7 +32,7 @@ fi
 free_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 20000))
+        p=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768+)
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return

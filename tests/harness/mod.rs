@@ -386,10 +386,20 @@ pub fn proxy_with(pam: &PamSetup, listen: &str, extra: &str, env: &[(&str, &str)
 
 /// A free TCP port on 127.0.0.1 (nothing listens on it when this returns).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    // Below the kernel's ephemeral range (32768 and up): a port handed out for binding 0
+    // is also what outgoing connections use, so a flood of client connections elsewhere
+    // on the machine can take it before 389 binds it. Checked on all interfaces, as 389
+    // listens.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 /// One 389 DS instance this test created with `tests/ds/ds.sh`.

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use ldap_pam_proxy::backend::Backends;
+use ldap_pam_proxy::backend::{Backends, ProbeLinks};
 use ldap_pam_proxy::config::Config;
 use ldap_pam_proxy::context::{config_id, Shared};
 use ldap_pam_proxy::dircheck::{self, DirCheckError};
@@ -207,8 +207,16 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
             start_metrics(addr, &shared).await?;
         }
         // With or without metrics: it also keeps dead backends out of the way of new
-        // connections, and brings a restarted one back.
-        tokio::spawn(watch_directory(Arc::clone(&shared)));
+        // connections, and brings a restarted one back. Its first look is taken before
+        // the proxy says it listens: /readyz is right from the first request, and the
+        // connection it keeps to each backend is there from the start.
+        let mut links = ProbeLinks::new();
+        let probes = shared
+            .backends
+            .probe(&shared.config().backend, &mut links)
+            .await;
+        shared.health.set_backends(probes);
+        tokio::spawn(watch_directory(Arc::clone(&shared), links));
         let shutdown = CancellationToken::new();
         let local = listeners
             .plain_addr()
@@ -249,14 +257,8 @@ async fn start_metrics(addr: SocketAddr, shared: &Arc<Shared>) -> anyhow::Result
 /// the `ldap_pam_proxy_backend_up` gauges and the order new backend connections try
 /// them in; and while the directory checks of the configuration in force have not
 /// passed, those checks again.
-async fn watch_directory(shared: Arc<Shared>) {
-    let mut links = ldap_pam_proxy::backend::ProbeLinks::new();
+async fn watch_directory(shared: Arc<Shared>, mut links: ProbeLinks) {
     loop {
-        let probes = shared
-            .backends
-            .probe(&shared.config().backend, &mut links)
-            .await;
-        shared.health.set_backends(probes);
         if shared.health.directory_problem().is_some() {
             let config = shared.config();
             let id = config_id(&config);
@@ -282,6 +284,11 @@ async fn watch_directory(shared: Arc<Shared>) {
             }
         }
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let probes = shared
+            .backends
+            .probe(&shared.config().backend, &mut links)
+            .await;
+        shared.health.set_backends(probes);
     }
 }
 

@@ -259,19 +259,37 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
     sessions.wait().await;
 }
 
-/// A slot for a new connection. When the table is full but connections asked to leave
-/// are still closing (a burst admits faster than their sessions get to run), waits a
-/// little for them before refusing: the accept queue holds the others meanwhile.
+/// A slot for a new connection. When the table is full, waits a little before refusing,
+/// for connections asked to leave that are still closing (a burst admits faster than
+/// their sessions get to run), or for a connection with nothing in progress to become
+/// idle enough to be asked (a burst of new connections fills the table faster than they
+/// age past `slots::NEW_GRACE`): at most that grace and 200 ms. The accept queue holds
+/// the others meanwhile; nobody could be admitted anyway.
 async fn admit(slots: &Arc<Slots>, shutdown: &CancellationToken) -> Result<Slot, Refused> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    let deadline =
+        tokio::time::Instant::now() + crate::slots::NEW_GRACE + Duration::from_millis(200);
     loop {
         match slots.admit(shutdown) {
-            Err(Refused::Full) if slots.leaving() > 0 => {
-                if tokio::time::timeout_at(deadline, slots.released())
-                    .await
-                    .is_err()
-                {
+            Err(Refused::Full) => {
+                let wait = if slots.leaving() > 0 {
+                    // A release wakes it; the next eligible one bounds the wait too.
+                    slots.next_idle().unwrap_or(Duration::from_millis(200))
+                } else {
+                    match slots.next_idle() {
+                        Some(wait) => wait,
+                        // Every connection busy: nothing to wait for.
+                        None => return Err(Refused::Full),
+                    }
+                };
+                // Not a spin: even an eligible one may have to wait for room to leave.
+                let wait = wait.max(Duration::from_millis(10));
+                let until = (tokio::time::Instant::now() + wait).min(deadline);
+                if tokio::time::Instant::now() >= deadline {
                     return Err(Refused::Full);
+                }
+                tokio::select! {
+                    () = slots.released() => {}
+                    () = tokio::time::sleep_until(until) => {}
                 }
             }
             other => return other,

@@ -8,8 +8,8 @@
 //!   in use, each new connection asks the idlest connections with nothing in progress to
 //!   leave (the session drains: a Notice of Disconnection, unavailable, and a close):
 //!   first those that never had anything in progress (connected and sent nothing, or
-//!   only part of a message), oldest first, then the others by how long ago they last
-//!   had. A flood of connections that do nothing so never keeps a slot from a client that
+//!   only part of a message) once [`NEW_GRACE`] old, oldest first, then the others that
+//!   have had nothing for [`MIN_IDLE`] at least, by how long ago they last had. A flood of connections that do nothing so never keeps a slot from a client that
 //!   comes to do something, a client between two operations goes after every one of
 //!   them, and a connection with a bind pending or a search running is never asked. One that has not
 //!   left [`EVICT_GRACE`] after it was asked, and still has nothing in progress (its
@@ -29,14 +29,20 @@ use tokio_util::sync::CancellationToken;
 /// Above this share of `max_connections` in use, idle connections are asked to leave.
 pub const HIGH_WATER_PERCENT: usize = 90;
 
+/// A connection that has had something in progress is idle, for the table, only once it
+/// has had nothing for this long: a client between two operations (its answer read, its
+/// next request on the way) is never taken for idle, however loaded the machine.
+pub const MIN_IDLE: Duration = Duration::from_secs(2);
+
+/// A connection that never had anything in progress is idle, for the table, once it is
+/// this old: its first request may be in the socket, its session not yet scheduled (a
+/// flood keeps the runtime busy). A flood must come faster than `max_connections` per
+/// second to fill the table with connections this young, and then the next is refused
+/// (busy) rather than a client's request dropped.
+pub const NEW_GRACE: Duration = Duration::from_secs(1);
+
 /// How long a connection asked to leave has before its socket is shut down.
 pub const EVICT_GRACE: Duration = Duration::from_secs(2);
-
-/// A connection that arrived, or had something in progress, this recently (a client
-/// sends its first request within milliseconds) is not asked to
-/// leave: a client between connecting and its first request (or between two requests) is
-/// not idle, and a flood's idle connections are old by the time the table fills.
-const MIN_IDLE: Duration = Duration::from_secs(2);
 
 /// At most this many connections are asked to leave per new connection: enough to keep
 /// up with a flood, few enough that one admission stays cheap.
@@ -119,6 +125,10 @@ impl Refused {
 pub struct Slots {
     max: usize,
     high_water: usize,
+    /// [`MIN_IDLE`] in milliseconds.
+    min_idle_ms: u64,
+    /// [`NEW_GRACE`] in milliseconds.
+    new_grace_ms: u64,
     table: Mutex<Table>,
     /// Cancelled at the end of the shutdown grace: every connection still open goes.
     force: CancellationToken,
@@ -161,10 +171,17 @@ pub struct Slot {
 impl Slots {
     /// A table of `max` connections; sessions' shutdowns are children of `shutdown`.
     pub fn new(max: usize) -> Arc<Slots> {
+        Slots::with_min_idle(max, MIN_IDLE, NEW_GRACE)
+    }
+
+    /// As [`Slots::new`], with another [`MIN_IDLE`] and [`NEW_GRACE`] (tests).
+    pub fn with_min_idle(max: usize, min_idle: Duration, new_grace: Duration) -> Arc<Slots> {
         let high_water = (max * HIGH_WATER_PERCENT / 100).clamp(1, max.max(1));
         Arc::new(Slots {
             max,
             high_water,
+            min_idle_ms: u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX),
+            new_grace_ms: u64::try_from(new_grace.as_millis()).unwrap_or(u64::MAX),
             table: Mutex::new(Table::default()),
             force: CancellationToken::new(),
             released: tokio::sync::Notify::new(),
@@ -222,14 +239,20 @@ impl Slots {
         if want == 0 {
             return;
         }
-        let recent = now_ms().saturating_sub(MIN_IDLE.as_millis() as u64);
+        let now = now_ms();
         let mut idle: Vec<((bool, u64), u64)> = t
             .conns
             .iter()
-            .filter(|(_, c)| {
-                !c.evicted.is_cancelled() && !c.activity.busy() && c.activity.idleness().1 <= recent
-            })
+            .filter(|(_, c)| !c.evicted.is_cancelled() && !c.activity.busy())
             .map(|(id, c)| (c.activity.idleness(), *id))
+            .filter(|((ever_busy, last), _)| {
+                let wait = if *ever_busy {
+                    self.min_idle_ms
+                } else {
+                    self.new_grace_ms
+                };
+                now.saturating_sub(*last) >= wait
+            })
             .collect();
         if idle.len() > want {
             idle.select_nth_unstable(want - 1);
@@ -285,6 +308,27 @@ impl Slots {
     /// Connections asked to leave that have not closed yet.
     pub fn leaving(&self) -> usize {
         self.table().leaving
+    }
+
+    /// How long until a connection with nothing in progress becomes idle enough to be
+    /// asked to leave ([`NEW_GRACE`], [`MIN_IDLE`]); `None` when every connection is busy.
+    pub fn next_idle(&self) -> Option<Duration> {
+        let t = self.table();
+        let now = now_ms();
+        t.conns
+            .values()
+            .filter(|c| !c.evicted.is_cancelled() && !c.activity.busy())
+            .map(|c| {
+                let (ever_busy, last) = c.activity.idleness();
+                let wait = if ever_busy {
+                    self.min_idle_ms
+                } else {
+                    self.new_grace_ms
+                };
+                (last + wait).saturating_sub(now)
+            })
+            .min()
+            .map(Duration::from_millis)
     }
 
     /// Resolves when a connection has gone (or at once when one went since the last
@@ -418,7 +462,7 @@ mod tests {
 
     #[test]
     fn the_idlest_connection_with_nothing_in_progress_leaves_first() {
-        let slots = Slots::new(10); // high water: 9
+        let slots = Slots::with_min_idle(10, Duration::ZERO, Duration::ZERO); // high water: 9
         let stop = CancellationToken::new();
         let held: Vec<Slot> = (0..9).map(|_| slots.admit(&stop).unwrap()).collect();
         for s in &held {
@@ -445,6 +489,34 @@ mod tests {
         second.activity.report(false);
         let third = slots.admit(&stop).unwrap();
         assert!(second.evicted() && !held[6].evicted() && !third.evicted());
+    }
+
+    #[test]
+    fn a_client_between_two_operations_is_not_idle() {
+        let slots = Slots::with_min_idle(2, MIN_IDLE, Duration::ZERO); // high water: 1
+        let stop = CancellationToken::new();
+        let worked = slots.admit(&stop).unwrap();
+        worked.activity.report(true);
+        worked.activity.report(false);
+        // Idle for less than MIN_IDLE: not asked to leave; the table is not full yet.
+        let newcomer = slots.admit(&stop).unwrap();
+        assert!(!worked.evicted());
+        // A connection that never did anything is (here at once: no NEW_GRACE).
+        let third = slots.admit(&stop).unwrap();
+        assert!(newcomer.evicted() && !worked.evicted() && !third.evicted());
+    }
+
+    #[test]
+    fn a_connection_just_made_is_not_idle() {
+        let slots = Slots::new(2); // high water: 1
+        let stop = CancellationToken::new();
+        let first = slots.admit(&stop).unwrap();
+        // Younger than NEW_GRACE: its first request may not have been read yet.
+        let second = slots.admit(&stop).unwrap();
+        assert!(!first.evicted());
+        // The table is full: the next is refused rather than either asked to leave.
+        assert_eq!(slots.admit(&stop).err(), Some(Refused::Full));
+        assert!(!first.evicted() && !second.evicted());
     }
 
     #[test]

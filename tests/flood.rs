@@ -398,6 +398,16 @@ secure = false
         threads,
     );
     eprintln!("{summary}");
+    if std::env::var_os("LPP_TRACE_OPS").is_some() {
+        for line in proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("backend") || l.contains("WARN") || l.contains("lost"))
+            .take(60)
+        {
+            eprintln!("proxy: {line}");
+        }
+    }
     figures(
         "flood: 2,200 hostile clients (garbage, silent, slowloris, oversized, partial, never-read)",
         &format!(

@@ -91,6 +91,10 @@ fn the_table_keeps_room_for_clients_that_do_something() {
         .map(|n| RawClient::connect_from(ip(&format!("127.0.3.{}", 10 + n)), proxy.addr))
         .collect();
     assert!(eventually(Duration::from_secs(10), || slots() == 9.0));
+    // A connection that never did anything counts as idle once older than
+    // slots::NEW_GRACE (its first request may still be on its way): let that pass. The
+    // one that searched has been idle for less than slots::MIN_IDLE, and stays.
+    std::thread::sleep(ldap_pam_proxy::slots::NEW_GRACE + Duration::from_millis(100));
 
     // A newcomer: the oldest connection that never did anything is asked to leave (the
     // first from 127.0.3.1), not the one between two operations, not the pending bind.

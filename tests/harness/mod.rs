@@ -178,7 +178,9 @@ pub fn rss_and_threads(pid: u32) -> Option<(u64, u64)> {
 pub fn timed(tally: &Mutex<Tally>, op: impl FnOnce() -> Result<(), String>) {
     let start = Instant::now();
     let result = op();
-    if std::env::var_os("LPP_TRACE_OPS").is_some() && start.elapsed() > Duration::from_millis(300) {
+    if std::env::var_os("LPP_TRACE_OPS").is_some()
+        && (start.elapsed() > Duration::from_millis(300) || result.is_err())
+    {
         eprintln!(
             "slow op at {:?} took {:?}: {result:?}",
             std::time::SystemTime::now()
@@ -553,15 +555,24 @@ impl Hangs {
     }
 }
 
-impl Drop for Hangs {
-    fn drop(&mut self) {
+impl Hangs {
+    /// Lets go whatever waits now, without waiting for anything to: returns whether
+    /// something did.
+    pub fn release_waiting(&self) -> bool {
         // Non-blocking: fails at once when nobody waits.
         use std::os::unix::fs::OpenOptionsExt;
         const O_NONBLOCK: i32 = 0o4000;
-        let _ = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(O_NONBLOCK)
-            .open(self.state.join("hang.fifo"));
+            .open(self.state.join("hang.fifo"))
+            .is_ok()
+    }
+}
+
+impl Drop for Hangs {
+    fn drop(&mut self) {
+        self.release_waiting();
     }
 }
 

@@ -10,19 +10,21 @@
 //! on the client's spelling of its DN: scope, route, identity, the guard and coalescing
 //! all see one identity per entry.
 
-use crate::backend::{BackendStream, Backends};
+use crate::backend::Backends;
 use crate::bind_request::{sasl_mechanism, BindRequest, Credentials};
 use crate::config::{Config, IdMap, Insecure, MissingSuffix, Route, Unmatched};
+use crate::context::Shared;
 use crate::dn::Dn;
 pub use crate::lookup::Resolved;
-use crate::lookup::{Entry, Facts, LookupConn, LookupError, LookupPool};
-use crate::pam_gate::{Attempt, PamGate, Rejection, Submit};
+use crate::lookup::{Entry, Facts, LookupConn, LookupError};
+use crate::pam_gate::{Attempt, Rejection, Submit};
 use crate::pam_pool::{PamOutcome, TicketResult};
 use crate::proto::LdapError;
 use crate::secret::Password;
+use crate::service_links::Lease;
 use ldap3_proto::proto::LdapResultCode;
 use std::net::IpAddr;
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
 
 /// Authorization Identity Request control (RFC 3829).
 pub const OID_AUTHZID_REQUEST: &str = "2.16.840.1.113730.3.4.16";
@@ -646,10 +648,10 @@ pub enum Outcome {
     },
     /// Answer the client; the session is anonymous.
     Fail(Refusal),
-    /// PAM said yes for the entry `dn` (its DN as the directory stores it). `link` is a
-    /// backend connection bound as the service account, for the session's later
-    /// operations.
-    Bound { link: BackendStream, dn: String },
+    /// PAM said yes for the entry `dn` (its DN as the directory stores it). `link` is the
+    /// session's place on a shared connection bound as the service account, for its
+    /// later operations.
+    Bound { link: Lease, dn: String },
 }
 
 /// What the log line of a bind reports besides its result.
@@ -666,17 +668,15 @@ pub struct Trail {
 /// bind then answers unavailable. Its PAM transaction runs on (libpam cannot be
 /// cancelled); nobody is bound by it.
 pub async fn authenticate_unless_cut<P: Submit>(
-    cut: &CancellationToken,
-    config: &Config,
-    lookup: &LookupPool,
-    gate: &PamGate<P>,
+    shared: &Shared<P>,
+    config: &Arc<Config>,
     bind: SimpleBind,
     client: IpAddr,
     tls: bool,
 ) -> (Outcome, Trail) {
     tokio::select! {
-        decided = authenticate(config, lookup, gate, bind, client, tls) => decided,
-        () = cut.cancelled() => (
+        decided = authenticate(shared, config, bind, client, tls) => decided,
+        () = shared.grace_over.cancelled() => (
             Outcome::Fail(
                 LdapError::new(LdapResultCode::Unavailable, "the proxy is shutting down").into(),
             ),
@@ -689,15 +689,15 @@ pub async fn authenticate_unless_cut<P: Submit>(
 }
 
 /// Steps 1–10 for a bind [`first_look`] left to the proxy: resolve the entry, plan, PAM,
-/// and on success a service-bound backend connection.
+/// and on success a place on a shared service-bound connection.
 pub async fn authenticate<P: Submit>(
-    config: &Config,
-    lookup: &LookupPool,
-    gate: &PamGate<P>,
+    shared: &Shared<P>,
+    config: &Arc<Config>,
     bind: SimpleBind,
     client: IpAddr,
     tls: bool,
 ) -> (Outcome, Trail) {
+    let (lookup, gate) = (&shared.lookup, &shared.pam);
     let mut trail = Trail::default();
     let facts = match config
         .bind
@@ -829,9 +829,9 @@ pub async fn authenticate<P: Submit>(
         }
         Verdict::Failure(refusal) => return (Outcome::Fail(refusal), trail),
     }
-    // The session will act as this user through the service account: get that
-    // connection now, so a success is only reported when it can be honoured.
-    match lookup.backends().connect_as_service(&config.backend).await {
+    // The session will act as this user through the service account: get its place on
+    // a shared connection now, so a success is only reported when it can be honoured.
+    match shared.links.lease(config).await {
         Ok(link) => (Outcome::Bound { link, dn: entry.dn }, trail),
         Err(e) => {
             trail.detail = Some(format!("PAM success, but {e}"));

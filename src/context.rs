@@ -15,6 +15,7 @@ use crate::lookup::LookupPool;
 use crate::metrics::Health;
 use crate::pam_gate::{PamGate, Submit};
 use crate::pam_pool::PamPool;
+use crate::service_links::ServiceLinks;
 use crate::tls::ServerTls;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -40,6 +41,8 @@ pub struct Shared<P = PamPool> {
     /// Cancelled when the shutdown grace is about to end: binds still waiting for PAM
     /// answer unavailable, so their sessions can end in time.
     pub grace_over: CancellationToken,
+    /// The connections bound as the service account that PAM-bound sessions share.
+    pub links: ServiceLinks,
 }
 
 impl Shared {
@@ -78,6 +81,7 @@ impl<P: Submit> Shared<P> {
             config: RwLock::new(Arc::new(config)),
             path,
             lookup: LookupPool::new(Arc::clone(&backends)),
+            links: ServiceLinks::new(Arc::clone(&backends)),
             pam,
             tls,
             health: Arc::default(),

@@ -65,6 +65,7 @@ pub mod proto;
 pub mod proxy_protocol;
 pub mod secret;
 pub mod server;
+pub mod service_links;
 pub mod session;
 pub mod slots;
 pub mod tls;

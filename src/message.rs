@@ -35,6 +35,8 @@ fn tlv(buf: &[u8]) -> Result<Tlv<'_>, FrameError> {
 /// the controls element if present.
 struct Parts<'a> {
     id_and_op: &'a [u8],
+    /// protocolOp and controls elements, as they are.
+    after_id: &'a [u8],
     op: Tlv<'a>,
     controls: Option<&'a [u8]>,
 }
@@ -56,6 +58,7 @@ fn parts(msg: &[u8]) -> Result<Parts<'_>, FrameError> {
     };
     Ok(Parts {
         id_and_op: &body[..id.len + op.len],
+        after_id: &body[id.len..],
         op,
         controls,
     })
@@ -206,6 +209,56 @@ pub fn with_control(msg: &[u8], control: &[u8]) -> Result<Vec<u8>, FrameError> {
     out.extend_from_slice(p.id_and_op);
     out.extend_from_slice(&controls);
     Ok(out)
+}
+
+/// `msg` under another messageID: the protocolOp and controls stay as they are.
+pub fn with_msgid(msg: &[u8], msgid: i32) -> Result<Vec<u8>, FrameError> {
+    let rest = parts(msg)?.after_id;
+    let mut body = Vec::with_capacity(rest.len() + 6);
+    ber::write_integer(&mut body, i64::from(msgid));
+    body.extend_from_slice(rest);
+    let mut out = Vec::with_capacity(body.len() + 6);
+    ber::write(&mut out, 0x30, &body);
+    Ok(out)
+}
+
+/// An AbandonRequest (RFC 4511 §4.11) for `target`.
+pub fn abandon_request(msgid: i32, target: i32) -> Vec<u8> {
+    let mut id = Vec::with_capacity(6);
+    ber::write_integer(&mut id, i64::from(target));
+    // The INTEGER's content under [APPLICATION 16].
+    let mut body = Vec::with_capacity(12);
+    ber::write_integer(&mut body, i64::from(msgid));
+    ber::write(&mut body, op::ABANDON_REQUEST, &id[2..]);
+    let mut out = Vec::with_capacity(body.len() + 2);
+    ber::write(&mut out, 0x30, &body);
+    out
+}
+
+/// Simple Paged Results (RFC 2696).
+pub const OID_PAGED_RESULTS: &str = "1.2.840.113556.1.4.319";
+
+/// The cookie of the message's paged-results control (`realSearchControlValue ::=
+/// SEQUENCE { size INTEGER, cookie OCTET STRING }`), or `None` without that control;
+/// an empty cookie starts a paged search (request) or ends it (response).
+pub fn paged_cookie(msg: &[u8]) -> Result<Option<&[u8]>, FrameError> {
+    let Some(control) = controls(msg)?
+        .into_iter()
+        .find(|c| c.oid == OID_PAGED_RESULTS)
+    else {
+        return Ok(None);
+    };
+    let value = control.value.ok_or(MALFORMED)?;
+    let outer = tlv(value)?;
+    if outer.tag != 0x30 || outer.len != value.len() {
+        return Err(MALFORMED);
+    }
+    let size = tlv(outer.content)?;
+    let cookie = tlv(&outer.content[size.len..])?;
+    if size.tag != 0x02 || cookie.tag != 0x04 || size.len + cookie.len != outer.content.len() {
+        return Err(MALFORMED);
+    }
+    Ok(Some(cookie.content))
 }
 
 /// A DER-encoded control.

@@ -169,6 +169,44 @@ impl Drop for BackendConnection {
     }
 }
 
+/// Counts one shared service connection (crate::service_links) while it is open, in the
+/// backend connections too.
+pub struct SharedConnection(BackendConnection);
+
+impl SharedConnection {
+    pub fn open() -> Self {
+        gauge!("ldap_pam_proxy_shared_connections").increment(1.0);
+        SharedConnection(BackendConnection::open())
+    }
+}
+
+impl Drop for SharedConnection {
+    fn drop(&mut self) {
+        gauge!("ldap_pam_proxy_shared_connections").decrement(1.0);
+    }
+}
+
+/// Counts one PAM-bound session on a shared service connection.
+pub struct SharedSession(());
+
+impl SharedSession {
+    pub fn open() -> Self {
+        gauge!("ldap_pam_proxy_shared_sessions").increment(1.0);
+        SharedSession(())
+    }
+}
+
+impl Drop for SharedSession {
+    fn drop(&mut self) {
+        gauge!("ldap_pam_proxy_shared_sessions").decrement(1.0);
+    }
+}
+
+/// A PAM-bound session cut off its shared connection for not reading its responses.
+pub fn shared_session_cut() {
+    counter!("ldap_pam_proxy_shared_sessions_cut_total").increment(1);
+}
+
 /// A backend connection attempt that found no backend.
 pub fn backend_connect_failed() {
     counter!("ldap_pam_proxy_backend_connect_failures_total").increment(1);

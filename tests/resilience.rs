@@ -41,6 +41,8 @@ fn metric(proxy: &Proxy, series: &str) -> f64 {
     proxy.metric(series).unwrap_or(0.0)
 }
 
+const SHARED_SESSIONS: &str = "ldap_pam_proxy_shared_sessions";
+const SHARED_CONNECTIONS: &str = "ldap_pam_proxy_shared_connections";
 const COALESCED: &str = "ldap_pam_proxy_binds_coalesced_total";
 const IN_FLIGHT: &str = "ldap_pam_proxy_binds_rate_limited_total{reason=\"in_flight\"}";
 
@@ -342,15 +344,23 @@ fn leaving_during_a_pending_bind_leaks_nothing() {
     hold.release();
     assert_eq!(bind_result(&mut c), LdapResultCode::Success);
     assert_eq!(pam.pushes().len(), 1);
-    // The last client is bound, on a backend connection of its own; the others are gone.
+    // The last client is bound, on the shared service connection; the others are gone,
+    // and so are their own backend connections.
     wait_metric(&proxy, "ldap_pam_proxy_client_connections", 1.0);
+    assert_eq!(proxy.metric(SHARED_SESSIONS), Some(1.0));
+    assert_eq!(proxy.metric(SHARED_CONNECTIONS), Some(1.0));
     assert_eq!(
         proxy.metric("ldap_pam_proxy_backend_connections"),
         Some(1.0)
     );
     drop(c);
     wait_metric(&proxy, "ldap_pam_proxy_client_connections", 0.0);
-    wait_metric(&proxy, "ldap_pam_proxy_backend_connections", 0.0);
+    wait_metric(&proxy, SHARED_SESSIONS, 0.0);
+    // The shared connection stays for the next PAM-bound client.
+    assert_eq!(
+        proxy.metric("ldap_pam_proxy_backend_connections"),
+        Some(1.0)
+    );
     assert_eq!(
         proxy.metric("ldap_pam_proxy_client_connections_total"),
         Some(6.0)

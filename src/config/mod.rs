@@ -166,6 +166,9 @@ pub struct BackendConfig {
     pub service: Option<ServiceAccount>,
     /// The directory's root DN: its binds are always forwarded.
     pub root_dn: Dn,
+    /// Connections bound as the service account that PAM-bound sessions share
+    /// (crate::service_links).
+    pub shared_connections: usize,
 }
 
 /// The proxy's own directory account.
@@ -335,6 +338,9 @@ pub struct Limits {
     /// Relayed operations a connection may have in flight; beyond it the proxy stops
     /// reading from that client until answers come back.
     pub max_outstanding: usize,
+    /// Response bytes a PAM-bound session may have waiting on a shared service connection
+    /// before it is cut off (a client that does not read must not hold the others back).
+    pub shared_queue: usize,
 }
 
 /// How the async runtime is built.

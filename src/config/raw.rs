@@ -118,6 +118,7 @@ pub(super) struct RawBackend {
     pub service_dn: Option<Spanned<String>>,
     pub service_password_file: Option<Spanned<String>>,
     pub root_dn: Option<Spanned<String>>,
+    pub shared_connections: Option<Spanned<i64>>,
     #[serde(default)]
     pub starttls: bool,
     pub ca: Option<Spanned<String>>,
@@ -135,6 +136,7 @@ pub(super) struct RawLimits {
     pub shutdown_grace: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub max_outstanding: Option<Spanned<i64>>,
+    pub shared_queue: Option<Spanned<i64>>,
 }
 
 /// `[runtime]`.

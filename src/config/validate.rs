@@ -140,6 +140,13 @@ pub(super) fn backend(at: &Locator, raw: &RawBackend) -> Result<BackendConfig, C
         Some(d) => at.dn(d, "backend.root_dn")?,
         None => Dn::parse("cn=Directory Manager").map_err(|_| at.whole("root DN"))?,
     };
+    // 389 runs at most nsslapd-maxthreadsperconn (5) operations of one connection at a
+    // time: 8 connections let 40 run, more than its worker threads.
+    let shared_connections = at.positive(
+        raw.shared_connections.as_ref(),
+        "backend.shared_connections",
+        8,
+    )?;
     Ok(BackendConfig {
         uris,
         connect_timeout,
@@ -147,6 +154,7 @@ pub(super) fn backend(at: &Locator, raw: &RawBackend) -> Result<BackendConfig, C
         ca,
         service,
         root_dn,
+        shared_connections,
     })
 }
 
@@ -337,6 +345,11 @@ fn route(at: &Locator, spanned: &Spanned<RawRoute>) -> Result<Route, ConfigError
     })
 }
 
+/// A PAM-bound client may be this far behind the directory (bytes of responses it has
+/// not read) before the proxy cuts it off: far more than a client that reads at all
+/// falls behind, little enough that a few thousand slow ones fit in memory.
+const DEFAULT_SHARED_QUEUE: usize = 16 << 20;
+
 /// `[limits]`.
 pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigError> {
     let max_message_size = at.positive(
@@ -380,6 +393,11 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
     )?;
     let max_outstanding =
         at.positive(raw.max_outstanding.as_ref(), "limits.max_outstanding", 256)?;
+    let shared_queue = at.positive(
+        raw.shared_queue.as_ref(),
+        "limits.shared_queue",
+        DEFAULT_SHARED_QUEUE,
+    )?;
     Ok(Limits {
         max_message_size,
         max_connections,
@@ -389,6 +407,7 @@ pub(super) fn limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigErro
         shutdown_grace,
         request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
         max_outstanding,
+        shared_queue,
     })
 }
 

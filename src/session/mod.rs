@@ -21,6 +21,7 @@ mod tests;
 use crate::backend::{BackendStream, Unreachable};
 use crate::bind::{self, Outcome, Trail};
 use crate::context::Shared;
+use crate::service_links::Lease;
 use crate::tls::{self, ClientStream, Stream};
 use crate::{metrics, slots};
 use bytes::{Buf, BufMut, BytesMut};
@@ -54,17 +55,39 @@ enum Client {
     Gone,
 }
 
-/// An open backend connection, counted in the metrics while it lives.
-struct Backend {
-    stream: BackendStream,
-    _counted: metrics::BackendConnection,
+/// The session's way to the directory.
+enum Backend {
+    /// A connection of its own (anonymous, or bound by a bind it relayed), counted in the
+    /// metrics while it lives.
+    Own {
+        stream: BackendStream,
+        _counted: metrics::BackendConnection,
+    },
+    /// Its place on a connection bound as the service account (a PAM-bound session).
+    Shared(Lease),
 }
 
 impl Backend {
-    fn new(stream: BackendStream) -> Self {
-        Backend {
+    fn own(stream: BackendStream) -> Self {
+        Backend::Own {
             stream,
             _counted: metrics::BackendConnection::open(),
+        }
+    }
+
+    /// Writes (or hands on) as much of `out` as goes now.
+    fn poll_send(&mut self, out: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Backend::Own { stream, .. } => poll_write_all(stream, out, cx),
+            Backend::Shared(lease) => lease.poll_send(out, cx),
+        }
+    }
+
+    /// Reads what has come, at most one chunk; `Ok(0)` when the backend closed.
+    fn poll_recv(&mut self, into: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self {
+            Backend::Own { stream, .. } => read_chunk(stream, into, cx),
+            Backend::Shared(lease) => lease.poll_recv(into, cx),
         }
     }
 }
@@ -96,8 +119,9 @@ pub struct Session {
     backend: Option<Backend>,
     connecting: Option<Connecting>,
     deciding: Option<Deciding>,
-    /// The service-bound connection of a PAM success, until the core installs it.
-    service_link: Option<BackendStream>,
+    /// The place on a shared service-bound connection of a PAM success, until the core
+    /// installs it.
+    service_link: Option<Lease>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The core's next deadline (idle, unfinished request), when one is armed.
     timer: Pin<Box<Sleep>>,
@@ -200,7 +224,7 @@ impl Session {
                     self.connecting = None;
                     let result = match result {
                         Ok(stream) => {
-                            self.backend = Some(Backend::new(stream));
+                            self.backend = Some(Backend::own(stream));
                             Ok(())
                         }
                         Err(e) => Err(e.to_string()),
@@ -242,7 +266,10 @@ impl Session {
                         self.timer.as_mut().reset(at.into());
                     }
                 }
-                Event::Finished => break,
+                Event::Finished => {
+                    self.discard_unread();
+                    break;
+                }
             }
             self.carry_out();
             self.rearm();
@@ -283,16 +310,7 @@ impl Session {
                     let config = shared.config();
                     let client = self.peer.ip();
                     self.deciding = Some(Box::pin(async move {
-                        bind::authenticate_unless_cut(
-                            &shared.grace_over,
-                            &config,
-                            &shared.lookup,
-                            &shared.pam,
-                            bind,
-                            client,
-                            tls,
-                        )
-                        .await
+                        bind::authenticate_unless_cut(&shared, &config, bind, client, tls).await
                     }));
                 }
                 Action::RetireLink => {
@@ -300,7 +318,7 @@ impl Session {
                     self.connecting = None;
                 }
                 Action::InstallServiceLink => {
-                    self.backend = self.service_link.take().map(Backend::new);
+                    self.backend = self.service_link.take().map(Backend::Shared);
                 }
                 Action::ChargeFailure(key) => self.shared.pam.charge_failure(&key, self.peer.ip()),
             }
@@ -341,7 +359,7 @@ impl Session {
             // What the backend still has to get (an Unbind, so the directory logs an
             // orderly close) goes if it can go now; the client does not wait for it.
             if let Some(b) = &mut self.backend {
-                let _ = poll_write_all(&mut b.stream, self.core.backend_out(), cx);
+                let _ = b.poll_send(self.core.backend_out(), cx);
             }
             if !self.core.client_out().is_empty() {
                 return Poll::Pending;
@@ -358,12 +376,11 @@ impl Session {
             }
         }
         if let Some(b) = &mut self.backend {
-            if let Poll::Ready(Err(e)) = poll_write_all(&mut b.stream, self.core.backend_out(), cx)
-            {
+            if let Poll::Ready(Err(e)) = b.poll_send(self.core.backend_out(), cx) {
                 return Poll::Ready(Event::BackendGone(Some(e)));
             }
             if self.core.may_read_backend() {
-                match read_chunk(&mut b.stream, self.core.backend_in(), cx) {
+                match b.poll_recv(self.core.backend_in(), cx) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::BackendGone(None)),
                     Poll::Ready(Ok(_)) => return Poll::Ready(Event::BackendReadable),
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::BackendGone(Some(e))),
@@ -395,6 +412,23 @@ impl Session {
         // Nothing to do until the next readiness: the session waits without buffers.
         self.core.release_idle_buffers();
         Poll::Pending
+    }
+
+    /// Throws away what the client sent and the session will not read. Closing a socket
+    /// with unread input makes the kernel reset the connection, and a reset discards what
+    /// the client has not read yet: the last answers and the Notice of Disconnection that
+    /// says why. Only what has already arrived: nothing waits for more.
+    fn discard_unread(&self) {
+        let tcp = match &self.client {
+            Client::Open(Stream::Plain(tcp)) => tcp,
+            Client::Open(Stream::Tls(tls)) => tls.get_ref().0,
+            _ => return,
+        };
+        // Straight from the socket (non-blocking): tokio's own try_read trusts readiness
+        // it last saw, and the session stopped asking for that.
+        let socket = socket2::SockRef::from(tcp);
+        let mut sink = [0u8; 4096];
+        while matches!(std::io::Read::read(&mut &*socket, &mut sink), Ok(n) if n > 0) {}
     }
 
     /// The StartTLS answer is written: the handshake runs on the same TCP connection.

@@ -41,12 +41,15 @@
 //!   - don't-use-copy (1.3.6.1.1.22): a hint about replicas (not implemented by 389 2.3).
 //! - **Extended operations: an allow-list.** WhoAmI is answered by the proxy (389 would
 //!   name the service account); Password Modify gets unwillingToPerform (53), as 389 would
-//!   change the service account's password; Cancel (1.3.6.1.1.8) is relayed with the
-//!   control (it names only a request of this connection). Everything else, whose
-//!   handler in 389 may act as the connection's bound identity, gets 53.
+//!   change the service account's password; Cancel (1.3.6.1.1.8) gets 53 too: it names a
+//!   messageID inside its value, and on a shared connection (crate::service_links) the
+//!   session's messageIDs are not the directory's (Abandon, which the proxy maps, does
+//!   the same job). Everything else, whose handler in 389 may act as the connection's
+//!   bound identity, gets 53.
 //! - **Public reads.** The root DSE (empty base, base scope) and the subschema entry are
 //!   relayed without the control: they are public, and 389 shows nothing of them under
-//!   proxied authorization. Abandon is relayed unchanged: it has no identity to apply.
+//!   proxied authorization. Abandon is relayed without the control: it has no identity
+//!   to apply (the shared connection maps the messageID it names).
 //! - **Unknown operations** (a protocolOp tag that is no LDAP request a bound session may
 //!   send) end the connection with protocolError rather than reach 389 as the service
 //!   account.
@@ -180,7 +183,12 @@ fn decide_request(env: Envelope, msg: &[u8], user: &PamUser<'_>) -> Result<Actio
                 LdapResultCode::UnwillingToPerform,
                 format!("password is managed by PAM service {}", user.service),
             )),
-            OID_CANCEL => as_user(msg, user),
+            // Its value names a messageID, which on a shared connection is the session's,
+            // not the directory's (crate::service_links): Abandon does the same job.
+            OID_CANCEL => Ok(refuse(
+                LdapResultCode::UnwillingToPerform,
+                "Cancel is not available to PAM-authenticated connections: use Abandon".into(),
+            )),
             other => Ok(refuse(
                 LdapResultCode::UnwillingToPerform,
                 format!(
@@ -695,7 +703,11 @@ mod tests {
                 plain(extended(OID_PASSWD_MODIFY)),
                 Refused(UnwillingToPerform, "password is managed by PAM service duo"),
             ),
-            ("Cancel", plain(extended(OID_CANCEL)), Rewritten),
+            (
+                "Cancel",
+                plain(extended(OID_CANCEL)),
+                Refused(UnwillingToPerform, "use Abandon"),
+            ),
             (
                 "StartTLS",
                 plain(extended("1.3.6.1.4.1.1466.20037")),
@@ -783,11 +795,7 @@ mod tests {
     #[test]
     fn service_identity_relays_without_a_control() {
         let control: Option<&[u8]> = None;
-        for op in [
-            people_search(),
-            extended(OID_CANCEL),
-            LdapOp::DelRequest(BOB.into()),
-        ] {
+        for op in [people_search(), LdapOp::DelRequest(BOB.into())] {
             assert_eq!(decide_as_alice(&plain(op), control), Action::Relay);
         }
         // The other rules hold all the same.

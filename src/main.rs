@@ -85,12 +85,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config, cli.log_format),
         Command::CheckConfig { file, live } => {
-            init_logging(cli.log_format, "warn");
+            let _log = init_logging(cli.log_format, "warn");
             check_config(&file, live)
         }
         Command::Import389 { file } => import_389(&file),
         Command::Explain { config, dn } => {
-            init_logging(cli.log_format, "warn");
+            let _log = init_logging(cli.log_format, "warn");
             explain(&config, &dn)
         }
     };
@@ -148,25 +148,33 @@ fn explain(config: &std::path::Path, dn: &str) -> anyhow::Result<()> {
 }
 
 /// Logs to stderr at `level` (an EnvFilter directive), unless RUST_LOG says otherwise.
-fn init_logging(format: LogFormat, level: &str) {
+/// Lines are written by a thread of their own, so a session that logs (a bind line each)
+/// never waits for the write; none is dropped (a full queue makes the logger wait). The
+/// guard flushes what is queued when dropped: keep it until the end.
+fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     // ldap3_proto warns about every response control it cannot decode; the directory
     // sends one (Get Effective Rights) with each answer to the proxy's rights check.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},ldap3_proto::control=error"))
     });
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    init_logging(format, &config.log_level);
+    let _log = init_logging(format, &config.log_level);
     let runtime = if config.runtime.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

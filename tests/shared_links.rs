@@ -266,6 +266,53 @@ fn a_client_that_does_not_read_is_cut_off_alone() {
     assert_eq!(entry_dns(&entries), vec![user("bob").to_lowercase()]);
 }
 
+/// A ModifyRequest (replace `description` of `dn`) of exactly `total` bytes.
+fn modify_of_size(msgid: i32, dn: &str, total: usize) -> Vec<u8> {
+    let build = |value_len: usize| {
+        let vals = ber::tlv(0x31, &ber::tlv(0x04, &vec![b'x'; value_len]));
+        let attr = ber::tlv(0x30, &[ber::tlv(0x04, b"description"), vals].concat());
+        let change = ber::tlv(0x30, &[ber::tlv(0x0a, &[2]), attr].concat());
+        let op = ber::tlv(
+            0x66,
+            &[ber::tlv(0x04, dn.as_bytes()), ber::tlv(0x30, &change)].concat(),
+        );
+        ber::message(msgid, &op, None)
+    };
+    let guess = build(total - 200).len();
+    let msg = build(total - 200 + total - guess);
+    assert_eq!(msg.len(), total);
+    msg
+}
+
+/// A PAM-bound client's request that fits the proxy's limit but not once the proxy's
+/// control is added is refused (adminLimitExceeded): 389 would close the shared
+/// connection on it, as this shows straight to 389, and with it every other session's.
+#[test]
+fn a_request_too_large_with_the_control_is_refused() {
+    let limit = 2_097_152; // limits.max_message_size, and 389's nsslapd-maxbersize
+                           // Straight to 389, a message a little over its limit closes the connection.
+    let ds = directory();
+    let mut direct = RawClient::connect(("127.0.0.1", ds.port));
+    direct.send_raw(&modify_of_size(2, &user("alice"), limit + 64));
+    assert!(direct.closed(), "389 kept the connection");
+
+    let b = Bench::new("shared_connections = 1", "");
+    let mut alice = b.bound("alice");
+    let mut bob = b.bound("bob");
+    alice.send_raw(&modify_of_size(2, &user("alice"), limit - 4));
+    let (_, done) = alice.answer(2);
+    let LdapOp::ModifyResponse(r) = &done.op else {
+        panic!("{done:?}")
+    };
+    assert_eq!(r.code, LdapResultCode::AdminLimitExceeded, "{r:?}");
+    // The shared connection is still there for both.
+    let (entries, _) = bob.exchange(own_entry(2, "bob"));
+    assert_eq!(entry_dns(&entries), vec![user("bob").to_lowercase()]);
+    let (entries, _) = alice.exchange(own_entry(3, "alice"));
+    assert_eq!(entry_dns(&entries), vec![user("alice").to_lowercase()]);
+    assert_eq!(b.metric("ldap_pam_proxy_shared_connections"), 1.0);
+}
+
 /// Deletes an entry the test added (as the Directory Manager), however the test ends.
 struct RemoveOnDrop(String);
 

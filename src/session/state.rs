@@ -35,6 +35,9 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// stops reading from the client until the bind is decided (backpressure).
 const MAX_HELD: usize = 64;
 const MAX_HELD_BYTES: usize = HIGH_WATER;
+/// How much longer a request can get on a shared connection: a messageID of up to 4
+/// content octets instead of 1, and a longer SEQUENCE header.
+const MSGID_GROWTH: usize = 8;
 
 /// Side effects the shell carries out, in order.
 #[derive(Debug)]
@@ -794,8 +797,8 @@ impl SessionState {
             control: control.as_deref(),
         };
         match policy::decide(env, &msg, &user) {
-            policy::Action::Relay => self.relay(env, &msg),
-            policy::Action::RelayRewritten(rewritten) => self.relay(env, &rewritten),
+            policy::Action::Relay => self.relay_shared(env, &msg),
+            policy::Action::RelayRewritten(rewritten) => self.relay_shared(env, &rewritten),
             policy::Action::WhoAmI(authzid) => {
                 let reply = proto::extended_response(
                     env.msgid,
@@ -810,6 +813,28 @@ impl SessionState {
             }
             policy::Action::ProtocolError(e) => self.protocol_error(&e),
         }
+    }
+
+    /// Relays a PAM-bound session's request on its shared connection, unless what the
+    /// proxy adds (its control, a longer messageID) takes it past the directory's message
+    /// limit, which `limits.max_message_size` mirrors (389's nsslapd-maxbersize): 389
+    /// closes a connection that sends a message over its limit, and this one is every
+    /// PAM-bound session's.
+    fn relay_shared(&mut self, env: Envelope, msg: &[u8]) {
+        if msg.len() + MSGID_GROWTH > self.config.limits.max_message_size {
+            tracing::info!(peer = %self.peer, op = op::name(env.op), bytes = msg.len(), "request refused: too large with the proxy's control");
+            return self.reply(
+                env,
+                &LdapError::new(
+                    LdapResultCode::AdminLimitExceeded,
+                    format!(
+                        "request too large: with the proxy's authorization control it exceeds {} bytes",
+                        self.config.limits.max_message_size
+                    ),
+                ),
+            );
+        }
+        self.relay(env, msg);
     }
 
     fn relay(&mut self, env: Envelope, msg: &[u8]) {

@@ -305,6 +305,8 @@ coalesce_grace = "0s"
 max_attempts_per_minute = 1000000
 [limits]
 max_connections = $((CLIENTS + 100))
+# Every bench client comes from 127.0.0.1.
+max_connections_per_address = $((CLIENTS + 100))
 shutdown_grace = "1s"
 [runtime]
 worker_threads = 1

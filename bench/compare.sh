@@ -21,7 +21,9 @@
 # 10), BENCH_LATENCY_SECONDS (2), BENCH_THREADS (8), BENCH_CLIENTS (10000), BENCH_CYCLES (3),
 # BENCH_WORKLOADS ("a b c d e"), BENCH_PROXY_BIN (skip the build of the proxy),
 # CARGO_TARGET_DIR, BENCH_KEEP=1 (keep the work directory: logs, ldclt outputs,
-# results.tsv, result.txt).
+# results.tsv, result.txt), BENCH_PERF=1 (perf record of the proxy under load in round 1
+# of each workload, summarised into perf-W-T.txt in the kept work directory; perf's own
+# cost skews that round's figures, so profile in a run of its own).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -394,6 +396,10 @@ point() {  # point W T R: one load point and its latency probe
     port=$(port_of "$w" "$t"); rpid=$(relay_pid "$w" "$t"); dpid=$(ds_pid "$w" "$t")
     out="$WORK/load-$w-$t-$r.out"
     r0=$(ticks "$rpid"); d0=$(ticks "$dpid")
+    local perf=''
+    if [[ -n ${BENCH_PERF:-} && $r == 1 && $t == proxy* && -n $rpid ]]; then
+        perf record -q -g -F 499 -o "$WORK/perf-$w-$t.data" -p "$rpid" >/dev/null 2>&1 & perf=$!
+    fi
     if [[ $w == d ]]; then
         local suffix=-pampw; [[ $t == dirbind ]] && suffix=-dirpw
         bg_wait "$CLIENT" ops --addr "127.0.0.1:$port" --workload login --threads "$THREADS" \
@@ -410,6 +416,12 @@ point() {  # point W T R: one load point and its latency probe
         grep -q 'Global no error occurs' "$out" || ok=0
     fi
     total=${total:-0}
+    if [[ -n $perf ]]; then
+        kill -INT "$perf" 2>/dev/null; wait "$perf" || true
+        perf report -q -i "$WORK/perf-$w-$t.data" --stdio --no-children --percent-limit 0.7 -g none \
+            > "$WORK/perf-$w-$t.txt" 2>/dev/null || true
+        say "  ($w) $t: profile in $WORK/perf-$w-$t.txt"
+    fi
     check_alive
     RATE[$w,$t,$r]=$(awk -v n="$total" -v s="$MEASURE" 'BEGIN { printf "%.0f", n / s }')
     RCPU[$w,$t,$r]=''

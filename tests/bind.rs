@@ -1175,15 +1175,3 @@ fn rebind_in_the_middle_of_a_large_entry_keeps_the_stream_whole() {
         bench.proxy.log()
     );
 }
-
-/// Deletes entries (as Directory Manager) when dropped.
-struct Entries(Vec<String>);
-
-impl Drop for Entries {
-    fn drop(&mut self) {
-        let mut args = as_root();
-        args.extend(self.0.iter().cloned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
-    }
-}

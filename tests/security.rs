@@ -276,29 +276,6 @@ fn mail_readable(c: &mut RawClient, msgid: i32) -> Vec<String> {
         .collect()
 }
 
-/// Adds `ldif` as Directory Manager; the entries (DNs listed in `dns`, leaf first) are
-/// removed when the guard goes.
-struct Entries(Vec<String>);
-
-impl Entries {
-    fn add(ldif: &str, dns: Vec<String>) -> Entries {
-        let root = as_root();
-        let root: Vec<&str> = root.iter().map(String::as_str).collect();
-        let out = ldap_tool_input("ldapadd", &directory().uri, &root, Some(ldif));
-        assert_eq!(out.code, 0, "ldapadd: {out:?}\n{ldif}");
-        Entries(dns)
-    }
-}
-
-impl Drop for Entries {
-    fn drop(&mut self) {
-        let root = as_root();
-        let mut args: Vec<&str> = root.iter().map(String::as_str).collect();
-        args.extend(self.0.iter().map(String::as_str));
-        ldap_tool("ldapdelete", &directory().uri, &args);
-    }
-}
-
 fn suffix() -> &'static str {
     let s = &directory().suffix;
     assert_eq!(

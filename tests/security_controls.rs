@@ -521,11 +521,7 @@ fn paged_results_and_persistent_search_work_for_a_pam_user() {
     let add = format!(
         "dn: {dn}\nobjectClass: top\nobjectClass: person\nobjectClass: organizationalPerson\nobjectClass: inetOrgPerson\ncn: {cn}\nsn: probe\nmail: {cn}@example.com\ndescription: v1\n"
     );
-    assert_eq!(
-        ldap_tool_input("ldapadd", &ds.uri, &root, Some(&add)).code,
-        0
-    );
-    let _remove = RemoveOnDrop(dn.clone());
+    let _remove = Entries::add(&add, vec![dn.clone()]);
     let mut c = b.alice();
     c.send(persistent_search(
         2,
@@ -553,16 +549,4 @@ fn paged_results_and_persistent_search_work_for_a_pam_user() {
     c.send(LdapMsg::new(3, LdapOp::AbandonRequest(2)));
     let (_, who) = c.exchange(whoami_request(4));
     assert!(matches!(who.op, LdapOp::ExtendedResponse(_)), "{who:?}");
-}
-
-/// Deletes an entry the test added (as the Directory Manager), however the test ends.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let mut args = as_root();
-        args.push(self.0.clone());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ldap_tool("ldapdelete", &directory().uri, &args);
-    }
 }

@@ -217,11 +217,7 @@ fn a_client_that_does_not_read_is_cut_off_alone() {
         "dn: {dn}\nobjectClass: top\nobjectClass: groupOfNames\ncn: {cn}\ndescription: {}\n",
         "x".repeat(1_900_000)
     );
-    let root = as_root();
-    let root: Vec<&str> = root.iter().map(String::as_str).collect();
-    let added = ldap_tool_input("ldapadd", &ds.uri, &root, Some(&ldif));
-    assert_eq!(added.code, 0, "{added:?}");
-    let _remove = RemoveOnDrop(dn.clone());
+    let _remove = Entries::add(&ldif, vec![dn.clone()]);
 
     let mut bob = b.bound("bob");
     let mut hog = RawClient::connect_with_rcvbuf(b.proxy.addr, 4096);
@@ -311,16 +307,4 @@ fn a_request_too_large_with_the_control_is_refused() {
     let (entries, _) = alice.exchange(own_entry(3, "alice"));
     assert_eq!(entry_dns(&entries), vec![user("alice").to_lowercase()]);
     assert_eq!(b.metric("ldap_pam_proxy_shared_connections"), 1.0);
-}
-
-/// Deletes an entry the test added (as the Directory Manager), however the test ends.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let mut args = as_root();
-        args.push(self.0.clone());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = ldap_tool("ldapdelete", &directory().uri, &args);
-    }
 }

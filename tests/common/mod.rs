@@ -508,6 +508,30 @@ impl Drop for Subtree {
     }
 }
 
+/// Entries a test added (DNs leaf first), deleted as the Directory Manager when the guard
+/// goes, however the test ends.
+pub struct Entries(pub Vec<String>);
+
+impl Entries {
+    /// Adds `ldif` as the Directory Manager (`ldapadd`); `dns` are its entries.
+    pub fn add(ldif: &str, dns: Vec<String>) -> Entries {
+        let root = as_root();
+        let root: Vec<&str> = root.iter().map(String::as_str).collect();
+        let out = ldap_tool_input("ldapadd", &directory().uri, &root, Some(ldif));
+        assert_eq!(out.code, 0, "ldapadd: {out:?}\n{ldif}");
+        Entries(dns)
+    }
+}
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        let root = as_root();
+        let mut args: Vec<&str> = root.iter().map(String::as_str).collect();
+        args.extend(self.0.iter().map(String::as_str));
+        ldap_tool("ldapdelete", &directory().uri, &args);
+    }
+}
+
 /// A simple bind as `dn` on a new connection, without waiting for the answer.
 pub fn start_bind_dn(proxy: &Proxy, dn: &str, pw: &str) -> RawClient {
     let mut c = RawClient::connect(proxy.addr);

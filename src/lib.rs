@@ -23,11 +23,14 @@
 //!        | ours                                 |    allow-lists, WhoAmI locally)
 //!        v                                      |      |
 //!   bind::authenticate                          +----> relay to the session's
-//!     lookup: resolve the entry, which               backend connection (backend)
-//!             route filters match                      |
+//!     lookup: resolve the entry, which               backend connection (backend), or
+//!             route filters match                    a PAM-bound session's place on a
+//!                                                    shared service connection
+//!                                                    (service_links: messageIDs mapped)
+//!                                                      |
 //!     bind::plan: route, lock, TLS, identity           | responses stream back,
-//!     pam_gate: coalescing, attempt budget,            | bytes unchanged
-//!               per-route caps, success cache          |
+//!     pam_gate: coalescing, attempt budget,            | bytes unchanged (shared:
+//!               per-route caps, success cache          | whole, messageID restored)
 //!     pam_pool: OS threads, libpam                     |
 //!     bind::judge: PAM result -> LDAP result           |
 //!        |                                             |

@@ -641,7 +641,7 @@ fn invalid_credentials() -> LdapError {
 pub enum Outcome {
     /// Relay the bind to the backend (the proxy's own encoding of it). A bind in the
     /// proxy's scope carries the key of its attempt budget: a failure the directory
-    /// reports is charged to it ([`PamGate::charge_failure`]).
+    /// reports is charged to it ([`crate::pam_gate::PamGate::charge_failure`]).
     Forward {
         reason: &'static str,
         budget: Option<String>,

@@ -106,17 +106,7 @@ service_password_file = "{}"
 [metrics]
 listen = "127.0.0.1:0"
 
-[[route]]
-name = "duo"
-filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
-pam_service = "duo"
-secure = false
-
-[[route]]
-name = "csu"
-filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
-pam_service = "csu"
-secure = false
+{SITE_ROUTES}
 "#,
         a.uri,
         b.uri,

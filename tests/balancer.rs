@@ -22,22 +22,10 @@ const PASSDB: &str = "alice:alice-pampw:duo\nbob:bob-pampw:duo\nerin:erin-pampw:
 /// one entry from several addresses at once are refused busy: one transaction per entry).
 const HOSTS: usize = 16;
 
-const ROUTES: &str = r#"
-[metrics]
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "duo"
-filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
-pam_service = "duo"
-secure = false
-
-[[route]]
-name = "csu"
-filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
-pam_service = "csu"
-secure = false
-"#;
+/// Metrics and the site's routes.
+fn routes() -> String {
+    format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n{SITE_ROUTES}")
+}
 
 /// A PROXY protocol v2 header for a TCP/IPv4 client `client` (to 10.0.0.1:389).
 fn v2_header(client: SocketAddr) -> Vec<u8> {
@@ -93,7 +81,7 @@ fn proxy_protocol_only_from_trusted_peers_and_the_real_address_everywhere() {
     let proxy = proxy_with(
         &pam,
         "proxy_protocol_from = [\"127.0.0.1\"]",
-        &format!("[limits]\nmax_connections_per_address = 2\n{ROUTES}"),
+        &format!("[limits]\nmax_connections_per_address = 2\n{}", routes()),
         &[],
     );
     // v2 from the trusted balancer: PAM_RHOST and the log name the client.
@@ -270,8 +258,8 @@ fn haproxy_in_front_of_two_proxies() {
     let pam = PamSetup::new(&format!("{PASSDB}{passdb}"));
     pam.set_duo_delay(3);
     let listen = "proxy_protocol_from = [\"127.0.0.1\"]";
-    let p1 = proxy_with(&pam, listen, ROUTES, &[("RUST_LOG", "info")]);
-    let p2 = proxy_with(&pam, listen, ROUTES, &[("RUST_LOG", "info")]);
+    let p1 = proxy_with(&pam, listen, &routes(), &[("RUST_LOG", "info")]);
+    let p2 = proxy_with(&pam, listen, &routes(), &[("RUST_LOG", "info")]);
     let mut p1 = Some(p1);
     let haproxy = Haproxy::start(&[p1.as_ref().unwrap(), &p2]);
     // Wait until HAProxy's checks have seen both ready.

@@ -234,17 +234,7 @@ send_timeout = "2s"
 request_timeout = "2s"
 max_outstanding = 8
 
-[[route]]
-name = "duo"
-filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
-pam_service = "duo"
-secure = false
-
-[[route]]
-name = "csu"
-filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
-pam_service = "csu"
-secure = false
+{SITE_ROUTES}
 "#
         ),
         &[("RUST_LOG", "info")],

@@ -35,17 +35,7 @@ listen = "127.0.0.1:0"
 [pam]
 {pam}
 
-[[route]]
-name = "duo"
-filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
-pam_service = "duo"
-secure = false
-
-[[route]]
-name = "csu"
-filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
-pam_service = "csu"
-secure = false
+{SITE_ROUTES}
 "#
     )
 }

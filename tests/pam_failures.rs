@@ -21,7 +21,8 @@ const STUCK: &str = "ldap_pam_proxy_pam_workers{state=\"stuck\"}";
 const BUSY: &str = "ldap_pam_proxy_pam_workers{state=\"busy\"}";
 
 fn config() -> String {
-    r#"
+    format!(
+        r#"
 [metrics]
 listen = "127.0.0.1:0"
 
@@ -57,19 +58,9 @@ pam_service = "slowfail"
 secure = false
 timeout = "20s"
 
-[[route]]
-name = "duo"
-filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
-pam_service = "duo"
-secure = false
-
-[[route]]
-name = "csu"
-filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
-pam_service = "csu"
-secure = false
+{SITE_ROUTES}
 "#
-    .to_owned()
+    )
 }
 
 /// The result and diagnostic message of the bind a connection waits for.

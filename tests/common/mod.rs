@@ -508,6 +508,21 @@ impl Drop for Subtree {
     }
 }
 
+/// The sample site's routes without TLS (`secure = false`): `duo` for internal users,
+/// `csu` for external ones (home directories `/home/*@*`).
+pub const SITE_ROUTES: &str = r#"[[route]]
+name = "duo"
+filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
+pam_service = "duo"
+secure = false
+
+[[route]]
+name = "csu"
+filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
+pam_service = "csu"
+secure = false
+"#;
+
 /// Entries a test added (DNs leaf first), deleted as the Directory Manager when the guard
 /// goes, however the test ends.
 pub struct Entries(pub Vec<String>);

@@ -106,8 +106,8 @@ enum BindState {
     /// Decided, and the decision replaces the backend connection: it waits for the
     /// message being passed to the client to end (nothing may follow half a message).
     Decided(PendingBind, Decision, Trail),
-    /// A new bind (first in `held`) drops the service-bound connection; it waits for the
-    /// same boundary.
+    /// A new bind (first in `held`) waits for the next message boundary: to drop the
+    /// service-bound connection, or for the answer to a bind the directory is deciding.
     Queued,
 }
 
@@ -660,6 +660,13 @@ impl SessionState {
             // Nothing to abandon on a backend connection that was never opened.
             op::ABANDON_REQUEST if matches!(self.link, Link::Idle) => {}
             op::BIND_REQUEST if self.mid_response() && self.on_service_link() => {
+                self.hold(env, msg, true);
+                self.bind = BindState::Queued;
+            }
+            // A bind the directory is still deciding: the next waits for its answer. RFC
+            // 4511 §4.2.1 forbids sending one before, but a client that does must not lose
+            // the first answer to a decision that drops the connection it comes on.
+            op::BIND_REQUEST if !self.forwarded.is_empty() => {
                 self.hold(env, msg, true);
                 self.bind = BindState::Queued;
             }

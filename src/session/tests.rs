@@ -475,6 +475,43 @@ fn a_refused_bind_drops_a_connection_a_directory_bind_authenticated() {
 }
 
 #[test]
+fn a_bind_sent_before_a_forwarded_binds_answer_waits_for_it() {
+    let mut c = connected();
+    send(&mut c, &bind(2, ALICE, "pw"));
+    actions(&mut c);
+    c.bind_decided(
+        Decision::Forward {
+            reason: "no route matches",
+            budget: None,
+        },
+        Trail::default(),
+    );
+    to_backend(&mut c);
+    // Pipelined against RFC 4511: another bind and a search before the first answer.
+    send(&mut c, &bind(3, ALICE, "pw"));
+    send(&mut c, &search(4));
+    assert!(
+        actions(&mut c).is_empty(),
+        "nothing decided before the answer"
+    );
+    assert!(
+        to_backend(&mut c).is_empty(),
+        "nothing relayed before the answer"
+    );
+    answer(&mut c, &bind_success(2));
+    assert!(matches!(actions(&mut c)[..], [Action::Decide { .. }]));
+    c.bind_decided(Decision::Bound { dn: ALICE.into() }, Trail::default());
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::RetireLink, Action::InstallServiceLink]
+    ));
+    // Both answers, in order, and the search goes on the new connection.
+    let answers: Vec<i32> = to_client(&mut c).iter().map(|m| m.msgid).collect();
+    assert_eq!(answers, vec![2, 3]);
+    assert!(!to_backend(&mut c).is_empty());
+}
+
+#[test]
 fn a_forwarded_refusal_is_charged_to_its_budget() {
     let mut c = connected();
     send(&mut c, &bind(2, ALICE, "pw"));

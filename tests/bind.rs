@@ -14,10 +14,6 @@ use ldap3_proto::proto::{LdapMsg, LdapOp, LdapResult, LdapResultCode, LdapSearch
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The sample directory's internal users, and its external (colostate.edu) ones.
-const INTERNAL: &str = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))";
-const EXTERNAL: &str = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))";
-
 const AUTHZID_REQUEST: &str = "2.16.840.1.113730.3.4.16";
 const AUTHZID_RESPONSE: &str = "2.16.840.1.113730.3.4.15";
 const PW_EXPIRED: &str = "2.16.840.1.113730.3.4.4";
@@ -65,51 +61,15 @@ fn passdb() -> String {
     db
 }
 
-/// A `[[route]]` for clear connections (`secure = false`: these tests run without TLS);
-/// `extra` holds more `key = value` lines.
-fn route(name: &str, filter: Option<&str>, service: &str, extra: &str) -> String {
-    let filter = filter.map_or(String::new(), |f| format!("filter = \"{f}\"\n"));
-    format!(
-        "[[route]]\nname = \"{name}\"\n{filter}pam_service = \"{service}\"\nsecure = false\n{extra}\n"
-    )
+/// The proxy of these tests, with this file's PAM users.
+fn bench(config: &str) -> PamBench {
+    PamBench::new(&passdb(), config)
 }
 
-/// The site's routes: internal users through `duo`, external users through `csu`.
-fn site_routes() -> String {
-    route("duo", Some(INTERNAL), "duo", "") + &route("csu", Some(EXTERNAL), "csu", "")
-}
-
-/// A proxy under pam_wrapper and its PAM state. (Field order: the proxy stops first.)
-struct Bench {
-    proxy: Proxy,
-    pam: PamSetup,
-}
-
-impl Bench {
-    /// `config`: `[bind]`, `[pam]` and `[[route]]` tables.
-    fn new(config: &str) -> Bench {
-        let pam = PamSetup::new(&passdb());
-        Bench {
-            proxy: Proxy::with_pam(&pam, config),
-            pam,
-        }
-    }
-
-    fn uri(&self) -> String {
-        self.proxy.uri()
-    }
-
+impl PamBench {
     /// A simple bind through the proxy, then WhoAmI (`ldapwhoami`).
     fn bind(&self, dn: &str, pw: &str) -> Outcome {
         whoami_as(&self.uri(), dn, pw)
-    }
-
-    fn pushes(&self) -> Vec<String> {
-        self.pam.pushes()
-    }
-
-    fn raw(&self) -> RawClient {
-        RawClient::connect(self.proxy.addr)
     }
 }
 
@@ -182,7 +142,7 @@ fn entries_of(c: &mut RawClient, msgid: i32) -> Vec<String> {
 /// password of a PAM-routed user does not work. WhoAmI answers the bound user's DN.
 #[test]
 fn routes_choose_the_pam_service_and_pam_decides() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let cases = [
         // (uid, password, ldapwhoami exit code = LDAP result, why)
         (
@@ -236,7 +196,7 @@ fn first_matching_route_wins() {
         (format!("{erin_csu}{posix_duo}"), 0, vec![]),
         (format!("{posix_duo}{erin_csu}"), 53, vec![push("erin")]),
     ] {
-        let b = Bench::new(&routes);
+        let b = bench(&routes);
         let out = b.bind(&dn("erin"), &pampw("erin"));
         assert_eq!(out.code, code, "{routes}{out:?}");
         assert_eq!(b.pushes(), pushes, "{routes}");
@@ -253,7 +213,7 @@ fn route_filters_use_the_directorys_matching_rules() {
         ("(homeDirectory=/HOME/ALICE)", 49, vec![]),
         ("(cn=ALICE ANDERSON)", 0, vec![push("alice")]),
     ] {
-        let b = Bench::new(&format!(
+        let b = bench(&format!(
             "[bind]\nunmatched = \"reject\"\n{}",
             route("duo", Some(filter), "duo", "")
         ));
@@ -307,7 +267,7 @@ fn id_map_methods_choose_the_pam_user() {
         ),
     ];
     for (id_map, id_attr, pw, code, pushes) in cases {
-        let b = Bench::new(&route(
+        let b = bench(&route(
             "duo",
             Some(INTERNAL),
             "duo",
@@ -410,7 +370,7 @@ fn binds_outside_the_pam_scope_are_forwarded() {
         ),
     ];
     for (config, bind_dn, pw, code, pushes) in cases {
-        let b = Bench::new(&config);
+        let b = bench(&config);
         let out = b.bind(bind_dn, pw);
         assert_eq!(out.code, code, "{bind_dn} with\n{config}{out:?}");
         assert_eq!(b.pushes(), pushes, "{bind_dn} with\n{config}");
@@ -423,7 +383,7 @@ fn binds_outside_the_pam_scope_are_forwarded() {
 /// 389 itself accepts them (DESIGN §7).
 #[test]
 fn anonymous_and_unauthenticated_binds_are_forwarded_password_sasl_is_refused() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let alice = dn("alice");
     let plain_user = format!("dn:{alice}");
     let plain = [
@@ -487,7 +447,7 @@ fn unmatched_binds_are_forwarded_or_rejected() {
         (&noposix, pampw("noposix")),
     ];
     for (unmatched, codes) in [("forward", [49, 0, 49]), ("reject", [49, 49, 49])] {
-        let b = Bench::new(&format!(
+        let b = bench(&format!(
             "[bind]\nunmatched = \"{unmatched}\"\n{}",
             site_routes()
         ));
@@ -508,7 +468,7 @@ fn unmatched_binds_are_forwarded_or_rejected() {
 /// A locked entry is refused before PAM, whatever the password.
 #[test]
 fn locked_account_is_refused_before_pam() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     for pw in [pampw("lockeduser"), "wrong".into()] {
         let out = b.bind(&dn("lockeduser"), &pw);
         assert_eq!(out.code, 53, "{out:?}");
@@ -534,7 +494,7 @@ fn pam_results_map_to_ldap_results() {
         .iter()
         .map(|(uid, service)| route(service, Some(&format!("(uid={uid})")), service, ""))
         .collect();
-    let b = Bench::new(&config);
+    let b = bench(&config);
 
     let cases = [
         // (uid, password, result, diagnostic contains, pwExpired control)
@@ -585,7 +545,7 @@ fn pam_results_map_to_ldap_results() {
 /// `fallback = true`: a failed PAM bind goes on to the directory's password check.
 #[test]
 fn fallback_forwards_failed_pam_binds() {
-    let b = Bench::new(&route("duo", Some(INTERNAL), "duo", "fallback = true"));
+    let b = bench(&route("duo", Some(INTERNAL), "duo", "fallback = true"));
     for (pw, code) in [
         (pampw("alice"), 0),
         (dirpw("alice"), 0),
@@ -609,7 +569,7 @@ fn secure_route_without_tls() {
         ("", [13, 13]),
         ("[bind]\ninsecure = \"forward\"\n", [49, 0]),
     ] {
-        let b = Bench::new(&format!("{bind}{secure_route}"));
+        let b = bench(&format!("{bind}{secure_route}"));
         for (pw, code) in [pampw("alice"), dirpw("alice")].iter().zip(codes) {
             let out = b.bind(&dn("alice"), pw);
             assert_eq!(out.code, code, "{bind}{pw}: {out:?}");
@@ -621,7 +581,7 @@ fn secure_route_without_tls() {
 /// The Authorization Identity response control answers its request control, only then.
 #[test]
 fn authorization_identity_control() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let alice = dn("alice");
     for (requested, expected) in [(true, Some(format!("dn:{alice}"))), (false, None)] {
         let mut req = bind_request(1, &alice, &pampw("alice"));
@@ -661,7 +621,7 @@ fn bound_session_runs_with_the_configured_identity() {
         ("proxy-authz", ["-D", &alice, "-w", "alice-dirpw"], Some(1)),
         ("service", ["-D", &ds.service_dn, "-y", &service_pw], None),
     ] {
-        let b = Bench::new(&format!(
+        let b = bench(&format!(
             "[bind]\nidentity = \"{identity}\"\n{}",
             site_routes()
         ));
@@ -684,7 +644,7 @@ fn bound_session_runs_with_the_configured_identity() {
 /// proxy runs as its service account.
 #[test]
 fn client_proxied_authorization_is_refused() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let (alice, bob) = (dn("alice"), dn("bob"));
     // v1 value: SEQUENCE { LDAPDN }.
     assert!(bob.len() < 120);
@@ -724,7 +684,7 @@ fn client_proxied_authorization_is_refused() {
 #[test]
 fn password_modify_is_refused_for_pam_sessions() {
     let ds = directory();
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let alice = dn("alice");
     let outcomes: Vec<Outcome> = [None, Some(alice.as_str())]
         .into_iter()
@@ -778,7 +738,7 @@ fn password_modify_is_refused_for_pam_sessions() {
 /// The root DSE and the schema read the same after a PAM bind as straight from 389.
 #[test]
 fn root_dse_and_schema_match_direct_after_pam_bind() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let alice = dn("alice");
     for base in ["", "cn=schema"] {
         let read = |uri: &str, pw: &str| {
@@ -801,7 +761,7 @@ fn root_dse_and_schema_match_direct_after_pam_bind() {
 /// a proxied identity).
 #[test]
 fn pam_success_for_a_dn_without_entry_is_not_a_bind() {
-    let b = Bench::new(&route("all", None, "duo", ""));
+    let b = bench(&route("all", None, "duo", ""));
     let nowhere = format!("uid=alice,ou=Nowhere,{}", directory().suffix);
     let mut c = b.raw();
     // Control: the route works for alice's real DN.
@@ -821,7 +781,7 @@ fn pam_success_for_a_dn_without_entry_is_not_a_bind() {
 /// rebind on the same connection switches the identity.
 #[test]
 fn failed_bind_leaves_anonymous_and_rebind_switches_identity() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let (alice, erin) = (dn("alice"), dn("erin"));
     let mut c = b.raw();
     assert_eq!(
@@ -868,7 +828,7 @@ fn failed_bind_leaves_anonymous_and_rebind_switches_identity() {
 #[test]
 fn web_app_flow_on_one_connection() {
     use ldap3::{LdapConn, Scope, SearchEntry};
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let suffix = &directory().suffix;
     let mut conn = LdapConn::new(&b.uri()).expect("connect");
     let find_alice = |conn: &mut LdapConn| {
@@ -935,7 +895,7 @@ fn web_app_flow_on_one_connection() {
 /// answered while it is pending.
 #[test]
 fn slow_pam_bind_does_not_hold_up_other_clients() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     // The push stays pending until the search has been answered.
     let hold = b.pam.hold();
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -966,7 +926,7 @@ fn slow_pam_bind_does_not_hold_up_other_clients() {
 /// as the newly bound user.
 #[test]
 fn requests_behind_a_pending_bind_wait_for_it() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     b.pam.set_duo_delay(1);
     let mut c = b.raw();
     c.send(bind_request(1, &dn("alice"), "alice-pampw"));
@@ -985,7 +945,7 @@ fn requests_behind_a_pending_bind_wait_for_it() {
 /// `passcode_delimiter`: `password,passcode` answers a service's two questions.
 #[test]
 fn passcode_delimiter_splits_the_password() {
-    let b = Bench::new(&route(
+    let b = bench(&route(
         "passcode",
         Some("(uid=grace)"),
         "passcode",
@@ -1072,7 +1032,7 @@ fn base64(bytes: &[u8]) -> String {
 #[test]
 fn rebind_in_the_middle_of_a_large_entry_keeps_the_stream_whole() {
     let ds = directory();
-    let bench = Bench::new(&site_routes());
+    let bench = bench(&site_routes());
     let mut c = RawClient::connect_with_rcvbuf(bench.proxy.addr, 64 << 10);
     // The proxy's send buffer is at most tcp_wmem's maximum; its own buffers hold less
     // than 2 x 256 KiB plus a 64 KiB read (src/session.rs), counted here as 1 MiB.

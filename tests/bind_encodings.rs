@@ -23,9 +23,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use std::time::Duration;
 
-const INTERNAL: &str = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))";
-const EXTERNAL: &str = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))";
-
 /// One answer, and the WhoAmI after it, within this.
 const PER_CASE: Duration = Duration::from_secs(10);
 

@@ -20,10 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The sample directory's internal users, and its external (colostate.edu) ones.
-const INTERNAL: &str = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))";
-const EXTERNAL: &str = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))";
-
 /// "Another client address": the attacker's, when the victim's is 127.0.0.1.
 const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -61,20 +57,6 @@ fn passdb() -> String {
     db
 }
 
-/// A `[[route]]` for clear connections (`secure = false`); `extra`: more `key = value` lines.
-fn route(name: &str, filter: Option<&str>, service: &str, extra: &str) -> String {
-    let filter = filter.map_or(String::new(), |f| format!("filter = \"{f}\"\n"));
-    format!(
-        "[[route]]\nname = \"{name}\"\n{filter}pam_service = \"{service}\"\nsecure = false\n{extra}\n"
-    )
-}
-
-/// The site's routes on clear connections: internal users through `duo`, external
-/// users through `csu`.
-fn site_routes() -> String {
-    route("duo", Some(INTERNAL), "duo", "") + &route("csu", Some(EXTERNAL), "csu", "")
-}
-
 /// The same routes as a site deploys them: `secure` left at its default (true).
 fn secure_site_routes() -> String {
     format!(
@@ -84,36 +66,14 @@ fn secure_site_routes() -> String {
 
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
 
-/// A proxy under pam_wrapper and its PAM state. (Field order: the proxy stops first.)
-struct Bench {
-    proxy: Proxy,
-    pam: PamSetup,
+/// The proxy of these tests, with this file's PAM users.
+fn bench(config: &str) -> PamBench {
+    PamBench::new(&passdb(), config)
 }
 
-impl Bench {
-    /// `config`: `[bind]`, `[pam]`, `[metrics]` and `[[route]]` tables.
-    fn new(config: &str) -> Bench {
-        let pam = PamSetup::new(&passdb());
-        Bench {
-            proxy: Proxy::with_pam(&pam, config),
-            pam,
-        }
-    }
-
-    fn uri(&self) -> String {
-        self.proxy.uri()
-    }
-
-    fn raw(&self) -> RawClient {
-        RawClient::connect(self.proxy.addr)
-    }
-
+impl PamBench {
     fn raw_from(&self, local: IpAddr) -> RawClient {
         RawClient::connect_from(local, self.proxy.addr)
-    }
-
-    fn pushes(&self) -> Vec<String> {
-        self.pam.pushes()
     }
 
     /// Waits until `n` duo transactions have started.
@@ -519,7 +479,7 @@ fn odd_binds() -> Vec<Odd> {
 /// Where 389 binds with the same bytes (the control), the proxy closes a real hole.
 #[test]
 fn odd_bind_encodings_are_refused_or_decided_never_forwarded() {
-    let b = Bench::new(&format!(
+    let b = bench(&format!(
         "[pam]\nmax_attempts_per_minute = 1000\n{}",
         site_routes()
     ));
@@ -566,7 +526,7 @@ fn odd_bind_encodings_are_refused_or_decided_never_forwarded() {
 /// it; the proxy answers protocolError.
 #[test]
 fn ldapv2_bind_gets_protocol_error() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let alice = user("alice");
     let args = [
         "-P",
@@ -616,7 +576,7 @@ fn dn_spellings_of_a_routed_user_are_decided_as_the_entry() {
         assert!(a.is_success(), "control: 389 binds {dn:?}: {a:?}");
     }
 
-    let b = Bench::new(&format!(
+    let b = bench(&format!(
         "[pam]\nmax_attempts_per_minute = 1000\n{}",
         site_routes()
     ));
@@ -639,7 +599,7 @@ fn dn_spellings_of_a_routed_user_are_decided_as_the_entry() {
         ));
     }
 
-    let b = Bench::new(&secure_site_routes());
+    let b = bench(&secure_site_routes());
     for dn in spellings {
         let (mut c, a) = send_bind(b.raw(), &ber::simple_bind(1, dn, "alice-dirpw"));
         if a.code() != Some(LdapResultCode::ConfidentialityRequired) {
@@ -660,7 +620,7 @@ fn dn_spellings_of_a_routed_user_are_decided_as_the_entry() {
 /// (and maps alice to her entry); through the proxy, authMethodNotSupported (7).
 #[test]
 fn password_sasl_mechanisms_are_refused() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let mut failures = Vec::new();
     for mech in [
         "PLAIN",
@@ -688,7 +648,7 @@ fn password_sasl_mechanisms_are_refused() {
 /// mechanism names as C strings, case-insensitively): refused too.
 #[test]
 fn sasl_plain_spellings_are_refused() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let creds = b"\0alice\0alice-dirpw";
     let mut failures = Vec::new();
     for (mech, direct_binds) in [
@@ -723,7 +683,7 @@ fn sasl_plain_spellings_are_refused() {
 /// 389's own answer (code and diagnostic), not the proxy's authMethodNotSupported.
 #[test]
 fn external_and_gssapi_are_forwarded() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     for (mech, creds) in [(&b"EXTERNAL"[..], None), (b"GSSAPI", Some(&b""[..]))] {
         let bytes = ber::message(1, &ber::sasl_bind_op(b"", mech, creds), None);
         let (_, straight) = send_bind(direct(), &bytes);
@@ -755,7 +715,7 @@ fn external_and_gssapi_are_forwarded() {
 /// PAM transaction of its own. Retries from 127.0.0.1 still share the one push.
 #[test]
 fn coalescing_is_per_client_address() {
-    let b = Bench::new(&format!(
+    let b = bench(&format!(
         "[pam]\ncoalesce_grace = \"5m\"\n{}",
         site_routes()
     ));
@@ -834,7 +794,7 @@ fn coalescing_is_per_client_address() {
 /// passwords for the others start no PAM transaction (busy); one push in all.
 #[test]
 fn dn_spellings_of_one_entry_get_one_push_at_a_time() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     b.pam.set_duo_delay(3);
     let s = suffix();
     let mut first = b.raw();
@@ -881,7 +841,7 @@ fn dn_spellings_of_one_entry_get_one_push_at_a_time() {
 /// Spellings of bob's DN share one attempt budget (`max_attempts_per_minute`).
 #[test]
 fn dn_spellings_of_one_entry_share_one_attempt_budget() {
-    let b = Bench::new(&format!(
+    let b = bench(&format!(
         "[pam]\nmax_attempts_per_minute = 3\n{}",
         site_routes()
     ));
@@ -925,7 +885,7 @@ fn dn_spellings_of_one_entry_share_one_attempt_budget() {
 #[test]
 fn a_guess_during_a_pending_push_waits_for_it_and_gets_busy() {
     const DELAY: u64 = 4;
-    let b = Bench::new(&format!("{METRICS}{}", site_routes()));
+    let b = bench(&format!("{METRICS}{}", site_routes()));
     let before = b.counter(IN_FLIGHT);
     b.pam.set_duo_delay(DELAY as u32);
     let alice = user("alice");
@@ -983,7 +943,7 @@ fn a_guess_during_a_pending_push_waits_for_it_and_gets_busy() {
 /// stays refused (even with the right password), frank still logs in from 127.0.0.1.
 #[test]
 fn a_stranger_cannot_lock_a_user_out() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let frank = user("frank");
     let mut stranger = b.raw_from(OTHER);
     let mut busy_after = None;
@@ -1060,7 +1020,7 @@ fn a_refused_bind_leaves_the_session_anonymous() {
     ];
     let mut failures = Vec::new();
     for (routes, (first_dn, first_pw), uid, pw, code) in cases {
-        let b = Bench::new(&routes);
+        let b = bench(&routes);
         let mut c = b.raw();
         assert_eq!(c.simple_bind(1, first_dn, first_pw), Success, "{first_dn}");
         // Control: the session is the directory's, as the first identity.
@@ -1098,7 +1058,7 @@ fn a_refused_bind_leaves_the_session_anonymous() {
 /// the forged text or carries an ESC byte.
 #[test]
 fn client_strings_cannot_forge_log_lines() {
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     let tag = unique("forged").replace('-', "");
     let forged = format!(
         "{tag} 2026-12-01T00:00:00.000000Z  INFO ldap_pam_proxy::session: bind client=10.0.0.1:1 dn=uid=alice,ou=People,dc=example,dc=com route=\"duo\" service=\"duo\" result=success"
@@ -1153,7 +1113,7 @@ fn requests_held_behind_a_pending_bind_are_bounded_in_memory() {
     const REQUESTS: usize = 64;
     const SIZE: usize = 2_000_000; // under limits.max_message_size (2 MiB)
     const LIMIT: u64 = 32 << 20;
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     b.pam.set_duo_delay(60);
     let mut c = b.raw();
     c.send(bind_request(1, &user("alice"), &pampw("alice")));
@@ -1241,7 +1201,7 @@ fn suffix_scope_follows_the_entry_not_the_spelling() {
     ) + &route("weak", None, "duo", "fallback = true");
     let mut failures = Vec::new();
     for (scope, config) in [("global", global), ("per route", per_route)] {
-        let b = Bench::new(&config);
+        let b = bench(&config);
         // Control: the plain spelling is the strong route's.
         let (_, a) = send_bind(b.raw(), &ber::simple_bind(1, &user("alice"), "alice-dirpw"));
         assert_eq!(
@@ -1288,7 +1248,7 @@ fn pam_identity_is_the_id_attr_of_the_entrys_rdn() {
     );
     let _entries = Entries::add(&ldif, vec![cn_only.clone(), multi.clone(), base.clone()]);
 
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     // Control: the csu route takes both entries (external home directories).
     let (_, a) = send_bind(b.raw(), &ber::simple_bind(1, &multi, "erin-dirpw"));
     assert_eq!(a.code(), Some(LdapResultCode::InvalidCredentials), "{a:?}");
@@ -1333,7 +1293,7 @@ fn another_entry_with_the_same_pam_name_does_not_ride_the_push() {
     );
     let _entries = Entries::add(&ldif, vec![twin.clone(), base.clone()]);
 
-    let b = Bench::new(&site_routes());
+    let b = bench(&site_routes());
     b.pam.set_duo_delay(4);
     let mut real = b.raw();
     real.send(bind_request(1, &user("alice"), &pampw("alice")));
@@ -1360,7 +1320,7 @@ fn another_entry_with_the_same_pam_name_does_not_ride_the_push() {
 /// (the root DN) still work.
 #[test]
 fn clear_text_binds_in_scope_all_get_the_same_answer() {
-    let b = Bench::new(&secure_site_routes());
+    let b = bench(&secure_site_routes());
     let nobody = format!("uid={},ou=People,{}", unique("nobody"), suffix());
     let answers: Vec<(String, Answer)> = [user("alice"), user("erin"), user("noposix"), nobody]
         .into_iter()
@@ -1407,7 +1367,7 @@ fn every_pipelined_bind_gets_an_audit_line() {
         (nobody, "whatever".to_owned(), "49"),
     ];
     for routes in [site_routes(), String::new()] {
-        let b = Bench::new(&routes);
+        let b = bench(&routes);
         let mut c = b.raw();
         let pipelined: Vec<u8> = binds
             .iter()

@@ -508,6 +508,55 @@ impl Drop for Subtree {
     }
 }
 
+/// The sample site's route filters: internal users, and external ones (home directories
+/// `/home/user@institution`).
+pub const INTERNAL: &str = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))";
+pub const EXTERNAL: &str = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))";
+
+/// A `[[route]]` for clear connections (`secure = false`: the tests run without TLS);
+/// `extra` holds more `key = value` lines.
+pub fn route(name: &str, filter: Option<&str>, service: &str, extra: &str) -> String {
+    let filter = filter.map_or(String::new(), |f| format!("filter = \"{f}\"\n"));
+    format!(
+        "[[route]]\nname = \"{name}\"\n{filter}pam_service = \"{service}\"\nsecure = false\n{extra}\n"
+    )
+}
+
+/// [`SITE_ROUTES`], owned.
+pub fn site_routes() -> String {
+    SITE_ROUTES.to_owned()
+}
+
+/// A proxy under pam_wrapper and its PAM state. (Field order: the proxy stops first.)
+pub struct PamBench {
+    pub proxy: Proxy,
+    pub pam: PamSetup,
+}
+
+impl PamBench {
+    /// PAM users from `passdb` (pam_matrix lines); `config`: `[bind]`, `[pam]`,
+    /// `[metrics]` and `[[route]]` tables.
+    pub fn new(passdb: &str, config: &str) -> PamBench {
+        let pam = PamSetup::new(passdb);
+        PamBench {
+            proxy: Proxy::with_pam(&pam, config),
+            pam,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        self.proxy.uri()
+    }
+
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(self.proxy.addr)
+    }
+
+    pub fn pushes(&self) -> Vec<String> {
+        self.pam.pushes()
+    }
+}
+
 /// The sample site's routes without TLS (`secure = false`): `duo` for internal users,
 /// `csu` for external ones (home directories `/home/*@*`).
 pub const SITE_ROUTES: &str = r#"[[route]]

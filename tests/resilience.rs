@@ -14,26 +14,14 @@ use std::time::Duration;
 
 const PASSDB: &str = "alice:alice-pampw:duo\nbob:bob-pampw:duo\ncarol:carol-pampw:duo\ndave:dave-pampw:duo\nerin:erin-pampw:csu\n";
 
-const ROUTES: &str = r#"
-[[route]]
-name = "duo"
-filter = "(&(objectClass=posixAccount)(!(homeDirectory=/home/*@*)))"
-pam_service = "duo"
-secure = false
-"#;
-
-const CSU_ROUTE: &str = r#"
-[[route]]
-name = "csu"
-filter = "(&(objectClass=posixAccount)(homeDirectory=/home/*@*))"
-pam_service = "csu"
-secure = false
-"#;
-
 /// The duo route (with `duo_extra`) and the csu route, `[pam]` settings `pam`, and
 /// metrics.
 fn routes(duo_extra: &str, pam: &str) -> String {
-    format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pam]\n{pam}\n{ROUTES}{duo_extra}\n{CSU_ROUTE}")
+    format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pam]\n{pam}\n{}{}",
+        route("duo", Some(INTERNAL), "duo", duo_extra),
+        route("csu", Some(EXTERNAL), "csu", "")
+    )
 }
 
 /// A counter or gauge of the proxy; 0 while it has not appeared.

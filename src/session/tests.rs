@@ -175,6 +175,20 @@ fn connected() -> SessionState {
     c
 }
 
+/// The client sends bind `msgid` as alice, and the proxy decides to forward it (with the
+/// attempt budget `budget`).
+fn forward_bind(c: &mut SessionState, msgid: i32, budget: Option<&str>) {
+    send(c, &bind(msgid, ALICE, "pw"));
+    actions(c);
+    c.bind_decided(
+        Decision::Forward {
+            reason: "no route matches",
+            budget: budget.map(str::to_owned),
+        },
+        Trail::default(),
+    );
+}
+
 /// A session bound through PAM as alice, relaying as the service account.
 fn pam_bound() -> SessionState {
     let mut c = core();
@@ -442,15 +456,7 @@ fn relayed_operations_in_flight_are_bounded() {
 #[test]
 fn a_refused_bind_drops_a_connection_a_directory_bind_authenticated() {
     let mut c = connected();
-    send(&mut c, &bind(2, ALICE, "pw"));
-    actions(&mut c);
-    c.bind_decided(
-        Decision::Forward {
-            reason: "no route matches",
-            budget: None,
-        },
-        Trail::default(),
-    );
+    forward_bind(&mut c, 2, None);
     answer(&mut c, &bind_success(2));
     to_client(&mut c);
     to_backend(&mut c);
@@ -477,15 +483,7 @@ fn a_refused_bind_drops_a_connection_a_directory_bind_authenticated() {
 #[test]
 fn a_bind_sent_before_a_forwarded_binds_answer_waits_for_it() {
     let mut c = connected();
-    send(&mut c, &bind(2, ALICE, "pw"));
-    actions(&mut c);
-    c.bind_decided(
-        Decision::Forward {
-            reason: "no route matches",
-            budget: None,
-        },
-        Trail::default(),
-    );
+    forward_bind(&mut c, 2, None);
     to_backend(&mut c);
     // Pipelined against RFC 4511: another bind and a search before the first answer.
     send(&mut c, &bind(3, ALICE, "pw"));
@@ -514,15 +512,7 @@ fn a_bind_sent_before_a_forwarded_binds_answer_waits_for_it() {
 #[test]
 fn a_forwarded_refusal_is_charged_to_its_budget() {
     let mut c = connected();
-    send(&mut c, &bind(2, ALICE, "pw"));
-    actions(&mut c);
-    c.bind_decided(
-        Decision::Forward {
-            reason: "no route matches",
-            budget: Some("uid=alice".into()),
-        },
-        Trail::default(),
-    );
+    forward_bind(&mut c, 2, Some("uid=alice"));
     let refusal = crate::proto::bind_response(
         2,
         &LdapError::new(LdapResultCode::InvalidCredentials, "no"),

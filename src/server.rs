@@ -370,7 +370,7 @@ async fn connection(
     } else {
         Session::new(stream, client, Arc::clone(&shared), slot.stop.clone())
     }
-    .reporting_to(Arc::clone(&slot.activity));
+    .in_slot(&slot);
     // A session the table must close is dropped: its connections close with it.
     tokio::select! {
         () = session.run() => {}

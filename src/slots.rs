@@ -366,6 +366,12 @@ impl Slot {
         self.evicted.is_cancelled()
     }
 
+    /// Cancelled when the connection is asked to leave (then `stop` is too): the session
+    /// tells its client why it goes.
+    pub fn asked_to_leave(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
+
     /// Resolves when the connection must be closed whatever its session is doing: it
     /// was asked to leave, [`EVICT_GRACE`] has passed, and it still has nothing in
     /// progress (its client does not read the notice); or the shutdown grace ended. Run

@@ -99,8 +99,10 @@ fn the_table_keeps_room_for_clients_that_do_something() {
     // A newcomer: the oldest connection that never did anything is asked to leave (the
     // first from 127.0.3.1), not the one between two operations, not the pending bind.
     let mut newcomer = RawClient::connect_from(ip("127.0.3.20"), proxy.addr);
-    let (code, _) = notice(&mut same[0]).expect("the idlest is asked to leave");
+    let (code, message) = notice(&mut same[0]).expect("the idlest is asked to leave");
     assert_eq!(code, LdapResultCode::Unavailable);
+    // It is told why, not that the proxy is shutting down.
+    assert!(message.contains("too many connections"), "{message}");
     assert!(same[0].closed());
     let (_, done) = newcomer.exchange(search(2, "", LdapSearchScope::Base, "(objectClass=*)", &[]));
     assert!(matches!(

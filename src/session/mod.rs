@@ -128,6 +128,8 @@ pub struct Session {
     armed: Option<Instant>,
     /// Where the connection table reads whether this session is busy (crate::slots).
     activity: Option<Arc<slots::Activity>>,
+    /// Cancelled with `shutdown` when the table asked this connection to leave.
+    asked_to_leave: Option<CancellationToken>,
 }
 
 impl Session {
@@ -190,13 +192,16 @@ impl Session {
             timer,
             armed,
             activity: None,
+            asked_to_leave: None,
         }
     }
 
-    /// Reports after each event whether anything is in progress, so the connection table
-    /// asks idle connections, never busy ones, to leave when it fills.
-    pub fn reporting_to(mut self, activity: Arc<slots::Activity>) -> Self {
-        self.activity = Some(activity);
+    /// The session holds `slot` of the connection table: it reports after each event
+    /// whether anything is in progress (the table asks idle connections, never busy ones,
+    /// to leave when it fills), and tells its client when it was asked to leave.
+    pub fn in_slot(mut self, slot: &slots::Slot) -> Self {
+        self.activity = Some(Arc::clone(&slot.activity));
+        self.asked_to_leave = Some(slot.asked_to_leave());
         self
     }
 
@@ -259,7 +264,17 @@ impl Session {
                     };
                     self.core.bind_decided(decision, trail);
                 }
-                Event::ShutdownRequested => self.core.shutdown(),
+                Event::ShutdownRequested => {
+                    let evicted = self
+                        .asked_to_leave
+                        .as_ref()
+                        .is_some_and(CancellationToken::is_cancelled);
+                    self.core.shutdown(if evicted {
+                        "the proxy has too many connections: idle ones are closed to make room (reconnect when needed)"
+                    } else {
+                        "the proxy is shutting down"
+                    });
+                }
                 Event::Tick => {
                     self.armed = self.core.tick(Instant::now());
                     if let Some(at) = self.armed {

@@ -157,6 +157,9 @@ pub struct SessionState {
     /// from the next bind on.
     config_source: Box<dyn Fn() -> Arc<Config> + Send>,
     config: Arc<Config>,
+    /// What the Notice of Disconnection says once a drain ends (shutdown, or asked to
+    /// leave by the connection table).
+    leaving_because: &'static str,
     /// The proxy has a certificate: StartTLS is possible.
     tls_available: bool,
     /// The client connection is protected by TLS.
@@ -195,6 +198,7 @@ impl SessionState {
             peer,
             config: config(),
             config_source: config,
+            leaving_because: "the proxy is shutting down",
             tls_available,
             tls,
             phase: Phase::Open,
@@ -508,8 +512,10 @@ impl SessionState {
         self.phase = Phase::Closing;
     }
 
-    /// Shutdown: read no more requests, finish what is in progress.
-    pub fn shutdown(&mut self) {
+    /// Shutdown, or the connection table asked this connection to leave: read no more
+    /// requests, finish what is in progress, then a Notice of Disconnection saying `why`.
+    pub fn shutdown(&mut self, why: &'static str) {
+        self.leaving_because = why;
         match self.phase {
             Phase::Open => self.phase = Phase::Draining,
             // Nothing is in progress (StartTLS required it), and a notice in the clear
@@ -1070,7 +1076,7 @@ impl SessionState {
         if self.phase == Phase::Draining && !self.busy() {
             self.disconnect(LdapError::new(
                 LdapResultCode::Unavailable,
-                "the proxy is shutting down",
+                self.leaving_because,
             ));
         }
     }

@@ -392,7 +392,7 @@ fn idle_and_drain_wait_for_a_pending_bind() {
     let mut c = idle();
     send(&mut c, &bind(1, ALICE, "pw"));
     assert!(c.tick(later).is_some(), "waiting for a push is not idle");
-    c.shutdown();
+    c.shutdown("the proxy is shutting down");
     assert!(!c.closing(), "shutdown waits for the pending bind");
     c.bind_decided(
         Decision::Fail(LdapError::new(LdapResultCode::InvalidCredentials, "no").into()),

@@ -337,6 +337,17 @@ impl Inbox {
         }
     }
 
+    /// Closes the inbox and frees what waits in it: the client does not read, so it would
+    /// hold that memory until its connection ends. (What the session already took is
+    /// whole messages; the notice follows them.)
+    fn cut(&self, why: &str) {
+        let mut st = lock(&self.state);
+        st.queue = VecDeque::new();
+        st.bytes = 0;
+        drop(st);
+        self.close(why);
+    }
+
     fn close(&self, why: &str) {
         let mut st = lock(&self.state);
         st.closed.get_or_insert_with(|| why.to_owned());
@@ -377,7 +388,7 @@ impl Link {
                         });
                     }
                     metrics::shared_session_cut();
-                    inbox.close("the client reads its responses too slowly (limits.shared_queue)");
+                    inbox.cut("the client reads its responses too slowly (limits.shared_queue)");
                 }
                 Ok(())
             }

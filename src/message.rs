@@ -180,15 +180,25 @@ pub fn controls(msg: &[u8]) -> Result<Vec<Control<'_>>, FrameError> {
 /// relays it (DESIGN §7): the controls, read strictly with numeric OIDs, and an
 /// ExtendedRequest's name and value. Only the envelope and the controls are parsed,
 /// never the rest of an operation, so this costs a few element headers per request.
+/// Checks what the proxy itself reads of a request, strictly: every control, an extended
+/// request's name, an Abandon's messageID and a paged-results control's value (a shared
+/// service connection maps both: src/service_links).
 pub fn check_request(env: Envelope, msg: &[u8]) -> Result<(), FrameError> {
     let p = parts(msg)?;
     let rest = p.controls.unwrap_or_default();
     for control in (Controls { rest }) {
         control?;
     }
-    if env.op == op::EXTENDED_REQUEST {
-        extended_name(p.op)?;
+    match env.op {
+        op::EXTENDED_REQUEST => {
+            extended_name(p.op)?;
+        }
+        op::ABANDON_REQUEST => {
+            abandon_target(msg)?;
+        }
+        _ => {}
     }
+    paged_cookie(msg)?;
     Ok(())
 }
 
@@ -310,7 +320,9 @@ pub fn result_code(msg: &[u8]) -> Result<u32, FrameError> {
 /// The messageID an AbandonRequest names.
 pub fn abandon_target(msg: &[u8]) -> Result<i32, FrameError> {
     let op = parts(msg)?.op;
-    if op.tag != 0x50 || op.content.is_empty() || op.content.len() > 4 {
+    // MessageID ::= INTEGER (0 .. maxInt): no sign bit, at most 4 octets.
+    if op.tag != 0x50 || op.content.is_empty() || op.content.len() > 4 || op.content[0] & 0x80 != 0
+    {
         return Err(MALFORMED);
     }
     Ok(op
@@ -391,6 +403,14 @@ mod tests {
             oid: oid.into(),
             criticality: false,
             value: Some(b"v".to_vec()),
+        }
+    }
+
+    fn unknown_with(oid: &str, value: &[u8]) -> LdapControl {
+        LdapControl::Unknown {
+            oid: oid.into(),
+            criticality: false,
+            value: Some(value.to_vec()),
         }
     }
 
@@ -781,5 +801,44 @@ mod tests {
         assert!(controls(&junk).is_err());
         let env = crate::frame::peek(&junk, 1 << 20).unwrap().unwrap();
         assert!(check_request(env, &junk).is_err());
+    }
+
+    #[test]
+    fn abandon_targets_and_paged_values_are_read_strictly() {
+        let abandon = |content: &[u8]| {
+            el(
+                0x30,
+                &[&[0x02, 0x01, 0x07][..], &el(0x50, content)].concat(),
+            )
+        };
+        let check = |m: &[u8]| check_request(crate::frame::peek(m, 1 << 20).unwrap().unwrap(), m);
+        assert_eq!(abandon_target(&abandon(&[5])), Ok(5));
+        // Non-minimal, as liblber reads it too: the same number.
+        assert_eq!(abandon_target(&abandon(&[0, 5])), Ok(5));
+        assert_eq!(check(&abandon(&[0, 5])), Ok(()));
+        for bad in [&[][..], &[0x80, 0, 0, 0], &[1, 0, 0, 0, 0]] {
+            assert!(abandon_target(&abandon(bad)).is_err(), "{bad:?}");
+            assert!(check(&abandon(bad)).is_err(), "{bad:?}");
+        }
+        let paged = |value: &[u8]| search_msg("dc=x", vec![unknown_with(OID_PAGED_RESULTS, value)]);
+        let good = el(0x30, &[el(0x02, &[10]), el(0x04, b"7")].concat());
+        assert_eq!(paged_cookie(&paged(&good)), Ok(Some(&b"7"[..])));
+        assert_eq!(check(&paged(&good)), Ok(()));
+        for bad in [
+            el(0x30, &[el(0x02, &[10])].concat()),
+            el(0x30, &[el(0x04, b"7"), el(0x02, &[10])].concat()),
+            el(
+                0x30,
+                &[el(0x02, &[10]), el(0x04, b"7"), el(0x04, b"")].concat(),
+            ),
+            [
+                el(0x30, &[el(0x02, &[10]), el(0x04, b"7")].concat()),
+                vec![0],
+            ]
+            .concat(),
+        ] {
+            assert!(paged_cookie(&paged(&bad)).is_err(), "{bad:?}");
+            assert!(check(&paged(&bad)).is_err(), "{bad:?}");
+        }
     }
 }

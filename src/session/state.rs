@@ -834,6 +834,12 @@ impl SessionState {
     /// closes a connection that sends a message over its limit, and this one is every
     /// PAM-bound session's.
     fn relay_shared(&mut self, env: Envelope, msg: &[u8]) {
+        if op::response_to(env.op).is_some() && self.outstanding.contains_key(&env.msgid) {
+            // RFC 4511 §4.1.1.1; on a shared connection the two could not be told apart.
+            return self.protocol_error(&FrameError::Malformed(
+                "messageID of a request still in progress",
+            ));
+        }
         if msg.len() + MSGID_GROWTH > self.config.limits.max_message_size {
             tracing::info!(peer = %self.peer, op = op::name(env.op), bytes = msg.len(), "request refused: too large with the proxy's control");
             return self.reply(

@@ -578,6 +578,22 @@ fn a_proxy_answer_never_lands_inside_a_relayed_message() {
 }
 
 #[test]
+fn a_pam_bound_request_reusing_a_message_id_in_progress_ends_the_connection() {
+    let mut c = pam_bound();
+    send(&mut c, &search(5));
+    assert!(!to_backend(&mut c).is_empty());
+    // On a shared connection the two could not be told apart (RFC 4511 §4.1.1.1).
+    send(&mut c, &search(5));
+    assert!(to_backend(&mut c).is_empty(), "the second is not relayed");
+    let sent = to_client(&mut c);
+    assert_eq!(
+        (sent[0].msgid, code(&sent[0])),
+        (0, LdapResultCode::ProtocolError)
+    );
+    assert!(c.closing());
+}
+
+#[test]
 fn unreadable_requests_end_the_connection_with_a_notice() {
     let mut c = core();
     // A control whose OID ends in a NUL byte (389 would read it as the OID before it).

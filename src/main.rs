@@ -1,6 +1,8 @@
 //! The `ldap-pam-proxy` command: runs the proxy and the administrators' tools.
 
-#![forbid(unsafe_code)]
+// One call to glibc, in `give_back_memory`; everything else, and the whole library, is
+// safe code (`#![forbid(unsafe_code)]` in lib.rs).
+#![deny(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -147,6 +149,23 @@ fn explain(config: &std::path::Path, dn: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks glibc's allocator to return the free pages of every arena to the system, after a
+/// spike of connections has gone: glibc gives back only what is free at the top of its
+/// heap, so the memory of thousands of ended sessions otherwise stays resident for good
+/// (measured: 50-63 MiB after 9,900 clients had left, 12 MiB before they came).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn give_back_memory() {
+    // SAFETY: malloc_trim takes no pointers and has no preconditions; glibc locks each
+    // arena while it trims it.
+    let released = unsafe { libc::malloc_trim(0) } == 1;
+    tracing::debug!(released, "allocator trimmed after a spike of connections");
+}
+
+/// Other allocators return freed memory themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_memory() {}
+
 /// Logs to stderr at `level` (an EnvFilter directive), unless RUST_LOG says otherwise.
 /// Lines are written by a thread of their own, so a session that logs (a bind line each)
 /// never waits for the write; none is dropped (a full queue makes the logger wait). The
@@ -235,7 +254,7 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
             tracing::info!(ldaps = %ldaps, "LDAPS listening");
         }
         tokio::spawn(signals.run(Arc::clone(&shared), shutdown.clone()));
-        server::serve(listeners, shared, shutdown).await;
+        server::serve(listeners, shared, shutdown, give_back_memory).await;
         tracing::info!("stopped");
         Ok(())
     })

@@ -183,9 +183,22 @@ fn cut_margin(grace: Duration) -> Duration {
 /// outstanding operations for up to the configured grace period: binds still waiting for
 /// PAM near its end answer unavailable, and at its end every connection still open is
 /// shut down.
-pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: CancellationToken) {
+///
+/// `after_spike` runs (on the runtime's thread, rarely) once a spike of connections has
+/// come and gone ([`Slots::spike_passed`], looked at every second): the binary gives the
+/// memory their sessions used back to the system there.
+pub async fn serve(
+    listeners: Listeners,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    after_spike: fn(),
+) {
     let config = shared.config();
     let slots = Slots::new(config.limits.max_connections);
+    let _spikes = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_spikes(
+        Arc::clone(&slots),
+        after_spike,
+    )));
     metrics::connection_counters_at_zero();
     let sessions = TaskTracker::new();
     let mut refusals = Throttle::default();
@@ -257,6 +270,17 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, shutdown: Cancella
     );
     slots.force_all();
     sessions.wait().await;
+}
+
+async fn watch_spikes(slots: Arc<Slots>, after_spike: fn()) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if slots.spike_passed() {
+            after_spike();
+        }
+    }
 }
 
 /// A slot for a new connection. When the table is full, waits a little before refusing,

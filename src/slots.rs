@@ -41,6 +41,10 @@ pub const MIN_IDLE: Duration = Duration::from_secs(2);
 /// (busy) rather than a client's request dropped.
 pub const NEW_GRACE: Duration = Duration::from_secs(1);
 
+/// How many connections a spike must have brought and taken away for
+/// [`Slots::spike_passed`].
+pub const SPIKE: usize = 256;
+
 /// How long a connection asked to leave has before its socket is shut down.
 pub const EVICT_GRACE: Duration = Duration::from_secs(2);
 
@@ -146,6 +150,8 @@ struct Table {
     by_source: HashMap<IpAddr, usize>,
     conns: HashMap<u64, Conn>,
     next_id: u64,
+    /// The most connections open at once since [`Slots::spike_passed`] last said yes.
+    peak: usize,
 }
 
 struct Conn {
@@ -205,6 +211,7 @@ impl Slots {
             return Err(Refused::Full);
         }
         t.open += 1;
+        t.peak = t.peak.max(t.open);
         let id = t.next_id;
         t.next_id += 1;
         let stop = shutdown.child_token();
@@ -303,6 +310,18 @@ impl Slots {
     /// Connections counted against the cap now.
     pub fn open(&self) -> usize {
         self.table().open
+    }
+
+    /// Whether a spike of connections has come and gone since this last said yes: at
+    /// least [`SPIKE`] more connections were open at once than are now, and now fewer
+    /// than half as many. The memory their sessions used is then free.
+    pub fn spike_passed(&self) -> bool {
+        let mut t = self.table();
+        let passed = t.peak >= t.open + SPIKE && t.open <= t.peak / 2;
+        if passed {
+            t.peak = t.open;
+        }
+        passed
     }
 
     /// Connections asked to leave that have not closed yet.
@@ -510,6 +529,27 @@ mod tests {
         // A connection that never did anything is (here at once: no NEW_GRACE).
         let third = slots.admit(&stop).unwrap();
         assert!(newcomer.evicted() && !worked.evicted() && !third.evicted());
+    }
+
+    #[test]
+    fn a_spike_is_seen_once_it_has_gone() {
+        let slots = Slots::new(10 * SPIKE);
+        let stop = CancellationToken::new();
+        let mut held: Vec<Slot> = (0..2 * SPIKE)
+            .map(|_| slots.admit(&stop).unwrap())
+            .collect();
+        assert!(!slots.spike_passed(), "still here");
+        held.truncate(SPIKE + 1);
+        assert!(!slots.spike_passed(), "more than half still here");
+        held.truncate(SPIKE / 2);
+        assert!(slots.spike_passed());
+        assert!(!slots.spike_passed(), "once per spike");
+        // A small one is no spike.
+        let more: Vec<Slot> = (0..SPIKE - 1)
+            .map(|_| slots.admit(&stop).unwrap())
+            .collect();
+        drop(more);
+        assert!(!slots.spike_passed());
     }
 
     #[test]

@@ -58,19 +58,9 @@ WORK='' NAME_A="lppcmpa$$" NAME_B="lppcmpb$$" DS_CREATED=()
 PIDS=()          # long-running processes we started: relays, proxies
 JOB_PID=''       # the load generator or client running now
 shopt -s nullglob
-PAM_DIRS_BEFORE=$(printf '%s\n' /tmp/pam.*)
-
-stop_pid() {  # stop_pid PID [seconds]: SIGTERM, then SIGKILL
-    local pid=$1 limit=${2:-5} i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < limit * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
+remember_pam_copies
 
 cleanup() {
     local rc=$?
@@ -86,12 +76,7 @@ cleanup() {
         DS_STOP_TIMEOUT=5 "$DS_SH" remove "$name" >/dev/null 2>&1 \
             || say "warning: could not remove 389 instance $name (run: $DS_SH remove $name)"
     done
-    # pam_wrapper's copies of our services (/tmp/pam.X) left by processes that were killed
-    local d
-    for d in /tmp/pam.*; do
-        grep -qxF -- "$d" <<<"$PAM_DIRS_BEFORE" && continue
-        [[ -n $WORK ]] && grep -rqsF -- "$WORK/" "$d" && rm -rf -- "$d"
-    done
+    remove_our_pam_copies
     if [[ -n $WORK && ${BENCH_KEEP:-0} != 1 ]]; then rm -rf -- "$WORK"; elif [[ -n $WORK ]]; then say "kept $WORK"; fi
     exit "$rc"
 }
@@ -101,21 +86,6 @@ trap 'say "interrupted"; exit 130' INT TERM
 # Runs a command in the background and waits, so that a signal interrupts the wait at
 # once (bash runs traps only between foreground commands).
 bg_wait() { "$@" & JOB_PID=$!; local rc=0; wait "$JOB_PID" || rc=$?; JOB_PID=''; return "$rc"; }
-
-# A port outside the ephemeral range (the thousands of connections the relays open must
-# not take our listening ports) that no socket uses, TIME_WAIT included.
-read -r EPHEMERAL_LOW EPHEMERAL_HIGH < /proc/sys/net/ipv4/ip_local_port_range
-USED_PORTS=' '
-free_port() {
-    local p
-    for _ in $(seq 500); do
-        if (( EPHEMERAL_LOW > 11024 )); then p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)));
-        else p=$((EPHEMERAL_HIGH + 1 + RANDOM % (65535 - EPHEMERAL_HIGH))); fi
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]]; then USED_PORTS+="$p "; echo "$p"; return; fi
-    done
-    die "no free port"
-}
 
 # ---------------------------------------------------------------- setup: packages, builds
 say "checking packages (scripts/install-deps.sh; haproxy for this benchmark)"

@@ -45,7 +45,9 @@ WORK='' NAME="lppbench$$" DS_CREATED=0
 PROXY_PID='' HOLD_PIDS=() LDCLT_PID=''
 declare -A RATE RSS FLAG HOLD_NOTE BASE START_CPU CPUOP
 shopt -s nullglob
-PAM_DIRS_BEFORE=$(printf '%s\n' /tmp/pam.*)
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
+remember_pam_copies
 
 # Pids of the pushes (duo-push.sh and its children: sleep, cat) that our services
 # started: the script's command line names our work directory. One pass over ps.
@@ -54,19 +56,6 @@ our_pushes() {
     ps -eo pid=,ppid=,args= | awk -v want="duo-push.sh $WORK/" '
         { parent[$1] = $2; if (index($0, want)) mark[$1] = 1 }
         END { for (p in parent) if ((p in mark) || (parent[p] in mark)) print p }'
-}
-
-stop_pid() {  # stop_pid PID [seconds]: SIGTERM, then SIGKILL
-    local pid=$1 limit=${2:-5} i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < limit * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        # a zombie child counts as gone
-        [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
 }
 
 cleanup() {
@@ -86,12 +75,7 @@ cleanup() {
     local pushes; pushes=$(our_pushes)
     # shellcheck disable=SC2086
     [[ -z $pushes ]] || kill -KILL $pushes 2>/dev/null
-    # pam_wrapper's private copies of our services (/tmp/pam.X) that outlived their process
-    local d
-    for d in /tmp/pam.*; do
-        grep -qxF -- "$d" <<<"$PAM_DIRS_BEFORE" && continue
-        [[ -n $WORK ]] && grep -rqsF -- "$WORK/" "$d" && rm -rf -- "$d"
-    done
+    remove_our_pam_copies
     if [[ -n $WORK && ${BENCH_KEEP:-0} != 1 ]]; then rm -rf -- "$WORK"; elif [[ -n $WORK ]]; then say "kept $WORK"; fi
     exit "$rc"
 }
@@ -101,15 +85,6 @@ trap 'say "interrupted"; exit 130' INT TERM
 # Runs a command in the background and waits for it, so a signal interrupts the wait
 # at once (bash runs traps only between foreground commands).
 bg_wait() { "$@" & local pid=$!; wait "$pid"; }
-
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 20000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-    done
-    die "no free port"
-}
 
 # ---------------------------------------------------------------- setup
 say "checking packages (scripts/install-deps.sh)"

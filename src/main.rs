@@ -238,11 +238,7 @@ fn run(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
         // the proxy says it listens: /readyz is right from the first request, and the
         // connection it keeps to each backend is there from the start.
         let mut links = ProbeLinks::new();
-        let probes = shared
-            .backends
-            .probe(&shared.config().backend, &mut links)
-            .await;
-        shared.health.set_backends(probes);
+        probe_backends(&shared, &mut links).await;
         tokio::spawn(watch_directory(Arc::clone(&shared), links));
         let shutdown = CancellationToken::new();
         let local = listeners
@@ -311,12 +307,15 @@ async fn watch_directory(shared: Arc<Shared>, mut links: ProbeLinks) {
             }
         }
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        let probes = shared
-            .backends
-            .probe(&shared.config().backend, &mut links)
-            .await;
-        shared.health.set_backends(probes);
+        probe_backends(&shared, &mut links).await;
     }
+}
+
+/// Reads each backend's root DSE and records who answered (the `/readyz` answer, the
+/// gauges, the order new connections try them in).
+async fn probe_backends(shared: &Shared, links: &mut ProbeLinks) {
+    let probes = shared.backends.probe(&shared.config().backend, links).await;
+    shared.health.set_backends(probes);
 }
 
 /// The signals the proxy acts on: SIGTERM and SIGINT stop it gracefully, SIGHUP reloads.

@@ -295,15 +295,12 @@ async fn admit(slots: &Arc<Slots>, shutdown: &CancellationToken) -> Result<Slot,
     loop {
         match slots.admit(shutdown) {
             Err(Refused::Full) => {
-                let wait = if slots.leaving() > 0 {
-                    // A release wakes it; the next eligible one bounds the wait too.
-                    slots.next_idle().unwrap_or(Duration::from_millis(200))
-                } else {
-                    match slots.next_idle() {
-                        Some(wait) => wait,
-                        // Every connection busy: nothing to wait for.
-                        None => return Err(Refused::Full),
-                    }
+                let wait = match (slots.next_idle(), slots.leaving() > 0) {
+                    // The next eligible one (a release may come sooner and wakes it too).
+                    (Some(wait), _) => wait,
+                    (None, true) => Duration::from_millis(200),
+                    // Every connection busy, none leaving: nothing to wait for.
+                    (None, false) => return Err(Refused::Full),
                 };
                 // Not a spin: even an eligible one may have to wait for room to leave.
                 let wait = wait.max(Duration::from_millis(10));

@@ -252,14 +252,7 @@ impl Slots {
             .iter()
             .filter(|(_, c)| !c.evicted.is_cancelled() && !c.activity.busy())
             .map(|(id, c)| (c.activity.idleness(), *id))
-            .filter(|((ever_busy, last), _)| {
-                let wait = if *ever_busy {
-                    self.min_idle_ms
-                } else {
-                    self.new_grace_ms
-                };
-                now.saturating_sub(*last) >= wait
-            })
+            .filter(|((ever_busy, last), _)| now >= last + self.idle_after_ms(*ever_busy))
             .collect();
         if idle.len() > want {
             idle.select_nth_unstable(want - 1);
@@ -312,6 +305,16 @@ impl Slots {
         self.table().open
     }
 
+    /// How long with nothing in progress makes a connection idle, for the table:
+    /// [`MIN_IDLE`] once it has had something in progress, [`NEW_GRACE`] before.
+    fn idle_after_ms(&self, ever_busy: bool) -> u64 {
+        if ever_busy {
+            self.min_idle_ms
+        } else {
+            self.new_grace_ms
+        }
+    }
+
     /// Whether a spike of connections has come and gone since this last said yes: at
     /// least [`SPIKE`] more connections were open at once than are now, and now fewer
     /// than half as many. The memory their sessions used is then free.
@@ -339,12 +342,7 @@ impl Slots {
             .filter(|c| !c.evicted.is_cancelled() && !c.activity.busy())
             .map(|c| {
                 let (ever_busy, last) = c.activity.idleness();
-                let wait = if ever_busy {
-                    self.min_idle_ms
-                } else {
-                    self.new_grace_ms
-                };
-                (last + wait).saturating_sub(now)
+                (last + self.idle_after_ms(ever_busy)).saturating_sub(now)
             })
             .min()
             .map(Duration::from_millis)

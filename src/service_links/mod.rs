@@ -33,8 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// Request bytes one session may have waiting for the writer.
-pub const HIGH_WATER: usize = 256 << 10;
+/// Request bytes one session may have waiting for the writer: what the session core
+/// itself buffers for the backend before it stops reading its client.
+const HIGH_WATER: usize = crate::session::HIGH_WATER;
 
 /// How much of a session's inbox one poll moves into its buffer.
 const RECV_CHUNK: usize = 64 << 10;
@@ -117,6 +118,20 @@ struct LinkState {
     next_lease: LeaseId,
     /// Why the connection is no longer usable, once it is not.
     closed: Option<String>,
+}
+
+impl LinkState {
+    /// Session `lease` leaves the connection: what it left running is abandoned (the
+    /// writer outlives every lease, so the sends cannot fail while anyone listens).
+    fn release(&mut self, lease: LeaseId, to_send: &mpsc::UnboundedSender<Outgoing>) {
+        self.inboxes.remove(&lease);
+        for abandon in self.table.release(lease) {
+            let _ = to_send.send(Outgoing {
+                msg: abandon,
+                from: None,
+            });
+        }
+    }
 }
 
 /// A message for the writer, and the session to credit once it is written.
@@ -282,14 +297,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut st = lock(&self.conn.link.state);
-        st.inboxes.remove(&self.id);
-        for abandon in st.table.release(self.id) {
-            let _ = self.conn.to_send.send(Outgoing {
-                msg: abandon,
-                from: None,
-            });
-        }
+        lock(&self.conn.link.state).release(self.id, &self.conn.to_send);
     }
 }
 
@@ -380,13 +388,7 @@ impl Link {
                 };
                 if !inbox.push(m, self.queue_limit) {
                     // The session does not read: it goes, not the connection's pace.
-                    st.inboxes.remove(&lease);
-                    for abandon in st.table.release(lease) {
-                        let _ = to_send.send(Outgoing {
-                            msg: abandon,
-                            from: None,
-                        });
-                    }
+                    st.release(lease, to_send);
                     metrics::shared_session_cut();
                     inbox.cut("the client reads its responses too slowly (limits.shared_queue)");
                 }

@@ -25,6 +25,7 @@ use crate::service_links::Lease;
 use crate::tls::{self, ClientStream, Stream};
 use crate::{metrics, slots};
 use bytes::{Buf, BufMut, BytesMut};
+pub use state::HIGH_WATER;
 use state::{Action, Decision, SessionState, READ_CHUNK};
 use std::future::{poll_fn, Future};
 use std::io;

@@ -262,6 +262,45 @@ fn a_client_that_does_not_read_is_cut_off_alone() {
     assert_eq!(entry_dns(&entries), vec![user("bob").to_lowercase()]);
 }
 
+/// An Abandon whose messageID is spelled with a leading zero octet (valid BER, not DER)
+/// reaches the same request through the proxy as 389 reads it directly: the session's
+/// persistent search stops. The proxy reads the number, maps it, and sends its own
+/// encoding; a spelling it cannot read (a sign bit) ends the connection instead.
+#[test]
+fn an_abandon_in_any_valid_spelling_stops_the_sessions_own_search() {
+    let b = Bench::new("shared_connections = 1", "");
+    let mut alice = b.bound("alice");
+    alice.send(persistent_search(
+        5,
+        &user("alice"),
+        LdapSearchScope::Base,
+        "(objectClass=*)",
+        &["description"],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    // [APPLICATION 16] 00 05: messageID 5 in two octets.
+    alice.send_raw(&ber::message(6, &ber::tlv(0x50, &[0x00, 0x05]), None));
+    let (_, who) = alice.exchange(whoami_request(7));
+    assert!(matches!(who.op, LdapOp::ExtendedResponse(_)), "{who:?}");
+    let root = as_root();
+    let root: Vec<&str> = root.iter().map(String::as_str).collect();
+    let modify = format!(
+        "dn: {}\nchangetype: modify\nreplace: description\ndescription: {}\n",
+        user("alice"),
+        unique("abandoned")
+    );
+    let changed = ldap_tool_input("ldapmodify", &directory().uri, &root, Some(&modify));
+    assert_eq!(changed.code, 0, "{changed:?}");
+    match alice.recv_within(Duration::from_secs(2)) {
+        Received::TimedOut => {}
+        other => panic!("the abandoned search still answered: {other:?}"),
+    }
+    // A messageID with the sign bit set is no messageID: protocolError, connection ends.
+    alice.send_raw(&ber::message(8, &ber::tlv(0x50, &[0x80, 0, 0, 5]), None));
+    let notice = alice.recv().expect("a notice");
+    assert_eq!(notice_code(&notice), Some(LdapResultCode::ProtocolError));
+}
+
 /// A ModifyRequest (replace `description` of `dn`) of exactly `total` bytes.
 fn modify_of_size(msgid: i32, dn: &str, total: usize) -> Vec<u8> {
     let build = |value_len: usize| {

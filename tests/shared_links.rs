@@ -122,6 +122,24 @@ fn pam_bound_sessions_share_a_few_backend_connections() {
     assert_eq!(b.metric("ldap_pam_proxy_shared_connections"), 2.0);
 }
 
+/// With the default setting, 200 PAM-bound clients at once hold 8 backend connections:
+/// the count follows `backend.shared_connections`, not the clients.
+#[test]
+fn backend_connections_follow_the_setting_not_the_clients() {
+    let b = Bench::new("", "");
+    let mut clients: Vec<RawClient> = (0..200).map(|i| b.bound(USERS[i % USERS.len()])).collect();
+    let (entries, _) = clients[199].exchange(own_entry(2, USERS[199 % USERS.len()]));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(b.metric("ldap_pam_proxy_shared_sessions"), 200.0);
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .metric("ldap_pam_proxy_backend_connections")
+            == 8.0),
+        "{} backend connections for 200 PAM-bound clients",
+        b.metric("ldap_pam_proxy_backend_connections")
+    );
+}
+
 /// One session cannot abandon another's request by naming its messageID, nor continue
 /// another's paged search with its cookie; its own work goes on.
 #[test]
